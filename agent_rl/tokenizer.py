@@ -19,7 +19,7 @@ and parse tool calls on bytes without ever calling back into Python: the bytes o
 from __future__ import annotations
 
 import re
-from typing import Mapping, Protocol, Sequence, runtime_checkable
+from typing import Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -103,3 +103,158 @@ class ByteTokenizer:
 
     def byte_table(self) -> tuple[np.ndarray, np.ndarray]:
         return self._table.copy(), self._lengths.copy()
+
+
+# --- built-in SentencePiece model ---------------------------------------------------------------------------------
+
+_SPACE = "\u2581"  # sentencepiece's whitespace symbol; a literal one in the text is encoded as its three bytes
+
+
+def sentencepiece_settings(vocab_size: int, model_type: str = "bpe", max_sentence_length: int = 1 << 16) -> dict:
+    """Trainer settings of the built-in model: byte fallback, no normalization, protocol symbols as single pieces.
+
+    No dummy prefix, no whitespace folding and the identity normalizer make encoding exact: the bytes of
+    `encode(text)` are the bytes of `text`. One thread, no shuffling and no sampling make training deterministic.
+    """
+    if model_type not in ("bpe", "unigram"):
+        raise ValueError(f"sentencepiece model_type must be 'bpe' or 'unigram', got {model_type!r}")
+    return dict(
+        vocab_size=vocab_size, model_type=model_type, byte_fallback=True,
+        user_defined_symbols=list(SYMBOLS), normalization_rule_name="identity", add_dummy_prefix=False,
+        remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, split_digits=True,
+        character_coverage=0.9999, max_sentence_length=max_sentence_length,
+        unk_id=0, pad_id=1, bos_id=-1, eos_id=-1, unk_surface="",
+        num_threads=1, input_sentence_size=0, shuffle_input_sentence=False, minloglevel=2,
+    )
+
+
+class SentencePieceTokenizer:
+    """A SentencePiece model trained with `sentencepiece_settings` (byte fallback, no dummy prefix).
+
+    model_proto: the serialized model (`.model` file bytes); keep it beside checkpoints to reload the tokenizer.
+    """
+
+    def __init__(self, model_proto: bytes, name: str = "<bytes>"):
+        import sentencepiece as spm
+
+        self.model_proto = model_proto
+        self.sp = sp = spm.SentencePieceProcessor(model_proto=model_proto)
+        spec = _model_spec(model_proto)
+        problems = []
+        if not spec.trainer_spec.byte_fallback:
+            problems.append("byte_fallback is off (encoding would be lossy)")
+        if spec.normalizer_spec.add_dummy_prefix or spec.normalizer_spec.remove_extra_whitespaces:
+            problems.append("add_dummy_prefix/remove_extra_whitespaces is on (spaces would not round-trip)")
+        if sp.pad_id() < 0:
+            problems.append("it has no pad piece")
+        user_defined = {p.piece for p in spec.pieces if p.type == p.USER_DEFINED}
+        missing = [s for s in SYMBOLS if s not in user_defined]
+        if missing:
+            problems.append(f"protocol symbols {missing} are not user-defined pieces")
+        if problems:
+            raise ValueError(f"SentencePiece model {name}: " + "; ".join(problems))
+        self.vocab_size = sp.get_piece_size()
+        self.pad_id = sp.pad_id()
+        self.symbol_ids = {s: (sp.piece_to_id(s),) for s in SYMBOLS}
+        self.eos_id = self.symbol_ids[protocol.IM_END][0]
+        self._space_ids = [sp.piece_to_id(f"<0x{b:02X}>") for b in _SPACE.encode()]
+        pieces = []
+        for i in range(self.vocab_size):
+            piece = sp.id_to_piece(i)
+            if sp.is_byte(i):
+                pieces.append(bytes([int(piece[3:5], 16)]))  # "<0xE2>"
+            elif sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
+                pieces.append(b"")  # pad; unk (unk_surface is empty, and byte fallback never emits it)
+            else:
+                pieces.append(piece.replace(_SPACE, " ").encode())
+        self._table, self._lengths = make_byte_table(pieces)
+
+    @classmethod
+    def from_file(cls, path) -> "SentencePieceTokenizer":
+        import pathlib
+
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"SentencePiece model not found: {path}")
+        return cls(path.read_bytes(), name=str(path))
+
+    def encode(self, text: str) -> list[int]:
+        # sentencepiece reads a literal U+2581 as a space; spell it with its byte pieces instead.
+        ids = []
+        for k, part in enumerate(text.split(_SPACE)):
+            if k:
+                ids.extend(self._space_ids)
+            if part:
+                ids.extend(self.sp.encode(part))
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.sp.decode(_check_ids(ids, self.vocab_size, "SentencePieceTokenizer"))
+
+    def byte_table(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._table.copy(), self._lengths.copy()
+
+
+def _model_spec(model_proto: bytes):
+    from sentencepiece import sentencepiece_model_pb2
+
+    spec = sentencepiece_model_pb2.ModelProto()
+    spec.ParseFromString(model_proto)
+    return spec
+
+
+def default_cache_dir():
+    """$AGENT_RL_CACHE, else ~/.cache/agent_rl."""
+    import os
+    import pathlib
+
+    return pathlib.Path(os.environ.get("AGENT_RL_CACHE", pathlib.Path.home() / ".cache" / "agent_rl"))
+
+
+def train_sentencepiece(texts: Iterable[str], cache_dir, vocab_size: int = 4096, model_type: str = "bpe",
+                        seed: int = 0) -> SentencePieceTokenizer:
+    """Train (or load from cache) a SentencePiece model on `texts`.
+
+    The model is cached as `cache_dir/sentencepiece-<sha256 of settings and corpus>.model`; the same settings and
+    corpus give byte-identical model files.
+    """
+    import hashlib
+    import io
+    import json
+    import os
+    import pathlib
+
+    import sentencepiece as spm
+
+    texts = list(texts)
+    if not texts:
+        raise ValueError("train_sentencepiece: empty corpus")
+    settings = sentencepiece_settings(vocab_size, model_type, max(len(t.encode()) for t in texts) + 1)
+    digest = hashlib.sha256(json.dumps({**settings, "seed": seed}, sort_keys=True).encode())
+    for t in texts:
+        digest.update(t.encode())
+        digest.update(b"\0")
+    path = pathlib.Path(cache_dir) / f"sentencepiece-{digest.hexdigest()[:20]}.model"
+    if path.is_file():
+        return SentencePieceTokenizer.from_file(path)
+
+    spm.set_random_generator_seed(seed)
+    buf = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=buf, **settings)
+    except RuntimeError as e:
+        raise ValueError(f"training SentencePiece (vocab_size={vocab_size}, {len(texts)} texts) failed: {e}") from e
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)  # atomic: concurrent trainers write identical bytes
+    return SentencePieceTokenizer(buf.getvalue(), name=str(path))
+
+
+def builtin_tokenizer(cache_dir=None, vocab_size: int = 4096, seed: int = 0, num_texts: int = 20_000,
+                      model_type: str = "bpe") -> SentencePieceTokenizer:
+    """The built-in tokenizer: SentencePiece trained on `sandbox.generate.corpus(seed, num_texts)`, cached on disk."""
+    from sandbox import generate
+
+    return train_sentencepiece(generate.corpus(seed, num_texts), cache_dir or default_cache_dir(), vocab_size,
+                               model_type, seed)

@@ -60,3 +60,84 @@ def test_byte_tokenizer_round_trip(text):
 @given(st.lists(st.integers(0, 256 + len(protocol.SPECIAL_SYMBOLS)), max_size=30))
 def test_byte_tokenizer_byte_table(ids):
     check_byte_table(tok_lib.ByteTokenizer(), ids)
+
+
+# --- built-in SentencePiece --------------------------------------------------------------------------------------
+
+def small_corpus(n=200):
+    """Rendered chat episodes in the protocol's layout: enough text for a 512-piece model, trained in a second."""
+    tools = [{"name": f"{verb}_{obj}", "description": f"{verb.title()} the {obj} of a user.",
+              "parameters": {"properties": {"user_id": {"type": "string"}, "amount": {"type": "number"}},
+                             "required": ["user_id"]}}
+             for verb in ("get", "send", "delete", "update") for obj in ("email", "balance", "profile")]
+    for i in range(n):
+        offered = [tools[(i + k) % len(tools)] for k in range(3)]
+        call = protocol.tool_call(offered[0]["name"], {"user_id": f"u{i:04d}", "amount": i * 1.5})
+        yield (protocol.chat_prefix(protocol.system_prompt(offered, "json" if i % 2 else "compact"),
+                                    f"Please {offered[0]['description'].lower()} Number {i}, thanks.")
+               + protocol.policy_turn("The user wants this; I will call the tool.", call)
+               + protocol.env_turn(protocol.tool_response(f'{{"status": "ok", "id": {i}}}'))
+               + protocol.policy_turn("Done.", f"The {offered[0]['name']} call succeeded.")
+               + protocol.env_turn(protocol.check_result(i % 3 == 0)))
+
+
+@pytest.fixture(scope="session")
+def sp_tok(tmp_path_factory):
+    return tok_lib.train_sentencepiece(small_corpus(), tmp_path_factory.mktemp("sp"), vocab_size=512)
+
+
+def test_sentencepiece_layout(sp_tok):
+    assert isinstance(sp_tok, tok_lib.Tokenizer)
+    assert sp_tok.vocab_size == 512
+    assert all(len(ids) == 1 for ids in sp_tok.symbol_ids.values())
+    assert sp_tok.encode(protocol.IM_END) == [sp_tok.eos_id]
+    check_table_shape(sp_tok)
+    # Leading, trailing and repeated spaces survive (no dummy prefix, no whitespace folding).
+    for text in ("  two leading", "trailing  ", " ", "a  b", "\n<|im_start|>user\n"):
+        assert sp_tok.decode(sp_tok.encode(text)) == text
+    # The corpus is compressed: far fewer pieces than bytes.
+    text = next(iter(small_corpus(1)))
+    assert len(sp_tok.encode(text)) < len(text.encode()) / 2
+
+
+def test_sentencepiece_cache_and_determinism(sp_tok, tmp_path):
+    again = tok_lib.train_sentencepiece(small_corpus(), tmp_path / "a", vocab_size=512)
+    assert again.model_proto == sp_tok.model_proto
+    (cached,) = (tmp_path / "a").iterdir()
+    cached.write_bytes(sp_tok.model_proto)
+    assert tok_lib.train_sentencepiece(small_corpus(), tmp_path / "a", vocab_size=512).model_proto == sp_tok.model_proto
+    other = tok_lib.train_sentencepiece(small_corpus(150), tmp_path / "a", vocab_size=512)
+    assert len(list((tmp_path / "a").iterdir())) == 2 and other.model_proto != sp_tok.model_proto
+
+
+def test_sentencepiece_errors(tmp_path):
+    with pytest.raises(ValueError, match="vocab_size=100000"):
+        tok_lib.train_sentencepiece(small_corpus(5), tmp_path, vocab_size=100_000)
+    with pytest.raises(FileNotFoundError, match="nowhere.model"):
+        tok_lib.SentencePieceTokenizer.from_file(tmp_path / "nowhere.model")
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts)
+def test_sentencepiece_round_trip(sp_tok, text):
+    ids = sp_tok.encode(text)
+    assert sp_tok.decode(ids) == text
+    table, lengths = sp_tok.byte_table()
+    assert tok_lib.ids_to_bytes(table, lengths, ids) == text.encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_sentencepiece_byte_table(sp_tok, data):
+    ids = data.draw(st.lists(st.integers(0, sp_tok.vocab_size - 1), max_size=30))
+    check_byte_table(sp_tok, ids)
+    # Mostly-valid sequences too: any pieces but bytes, interleaved with whole characters spelled in byte pieces.
+    table, lengths = sp_tok.byte_table()
+    is_byte = (lengths == 1) & (table[:, 0] >= 0x80)  # pieces that are a lone non-ASCII byte
+    pieces = [i for i in range(sp_tok.vocab_size) if not is_byte[i]]
+    byte_id = {int(table[i, 0]): i for i in range(sp_tok.vocab_size) if is_byte[i]}
+    chunk = st.one_of(st.sampled_from(pieces).map(lambda i: [i]),
+                      st.characters(min_codepoint=0x80).map(lambda c: [byte_id[b] for b in c.encode()]))
+    ids = sum(data.draw(st.lists(chunk, max_size=20)), [])
+    text = tok_lib.ids_to_bytes(table, lengths, ids).decode("utf-8")
+    assert sp_tok.decode(ids) == text
