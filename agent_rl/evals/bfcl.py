@@ -27,7 +27,7 @@ import copy
 import json
 import pathlib
 import re
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import Iterable, Mapping, NamedTuple, Sequence
 
 from sandbox import protocol
 
@@ -687,21 +687,20 @@ def check_calls(case: Case, calls: list[dict], underscore_names: bool = False) -
 def check(case: Case, output: str, underscore_names: bool = False) -> Verdict:
     """One protocol output against one case."""
     try:
-        calls = decode_calls(output)
-        decoded = True
-    except DecodeError as e:
-        calls, decoded, error = [], False, e
+        calls, error = decode_calls(output), None
+    except DecodeError as e:  # upstream counts an undecodable output as "no call"
+        calls, error = [], e
     if case.category in IRRELEVANCE:
-        if decoded and calls:
+        if calls:
             return Verdict(False, "irrelevance_error:decoder_success",
                            f"Produced {len(calls)} function call(s) when none should be made.")
         return OK
     if case.category in RELEVANCE:
         if not calls:
-            why = str(error) if not decoded else "no function call"
-            return Verdict(False, "relevance_error:decoder_failed", f"Expected a function call: {why}.")
+            return Verdict(False, "relevance_error:decoder_failed",
+                           f"Expected a function call: {error or 'the output holds none'}.")
         return OK
-    if not decoded:
+    if error is not None:
         return Verdict(False, error.error_type, str(error))
     return check_calls(case, calls, underscore_names)
 
