@@ -153,8 +153,8 @@ def _validate_function(path, rec_id, i, fn, language):
 def _validate_question(path, rec):
     rec_id = rec["id"]
     q = rec.get("question")
-    if not (isinstance(q, list) and len(q) == 1 and isinstance(q[0], list)):
-        raise _bad(path, rec_id, "question", "must be a list holding exactly one turn (a list of messages)")
+    if not (isinstance(q, list) and len(q) == 1 and isinstance(q[0], list) and q[0]):
+        raise _bad(path, rec_id, "question", "must be a list holding exactly one turn (a non-empty list of messages)")
     for j, m in enumerate(q[0]):
         if not (isinstance(m, dict) and m.get("role") in ("system", "user", "assistant")
                 and isinstance(m.get("content"), str)):
@@ -193,8 +193,11 @@ def load_cases(data_dir, categories: Iterable[str] | None = None) -> dict[str, l
             for rec in _read_jsonl(apath):
                 _validate_answer(apath, rec)
                 answers[rec["id"]] = rec["ground_truth"]
-        cases = []
+        cases, seen = [], set()
         for rec in questions:
+            if rec["id"] in seen:
+                raise _bad(qpath, rec["id"], "id", "occurs twice")
+            seen.add(rec["id"])
             _validate_question(qpath, rec)
             language = LANGUAGE.get(cat, "python")
             for i, fn in enumerate(rec["function"]):

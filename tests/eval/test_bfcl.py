@@ -406,6 +406,8 @@ def test_load_cases_from_a_folder(tmp_path):
     ([Q], None, r"possible_answer/BFCL_v4_simple_python\.json"),  # missing answer file
     (["{broken\n"], [A], r"BFCL_v4_simple_python\.json:1: not valid JSON"),
     ([{**Q, "question": "q"}], [A], r"'simple_python_0'.*'question'"),
+    ([{**Q, "question": [[]]}], [A], r"'simple_python_0'.*'question'"),
+    ([Q, Q], [A], r"'simple_python_0'.*'id' occurs twice"),
     ([{**Q, "function": [{"name": "s", "parameters": {"type": "dict", "properties": {"q": {"type": "str"}},
                                                       "required": []}}]}], [A], r"properties\.q\.type"),
     ([{**Q, "function": [{"name": "s", "parameters": {"type": "dict", "properties": {}}}]}], [A],
