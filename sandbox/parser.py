@@ -1,0 +1,536 @@
+"""Streaming byte-level parser of a policy turn, jit- and vmap-able; `sandbox.reference` defines what it computes.
+
+The env feeds the bytes of every sampled token as it is sampled (`feed_bytes`) and reads the parsed turn at the
+end-of-turn token (`finish`). Work per byte is constant: a few tag-match counters (every tag has its only `<` at
+byte 0, so a mismatch falls back to 0, or to 1 on `<`: KMP without borders) and a pushdown automaton for JSON with
+a fixed-depth stack. All functions act on ONE turn; `jax.vmap` them for a batch.
+
+Two tricks keep it one pass:
+- The think region is parsed speculatively as an action region (it is one if `</think>` never comes); when the
+  `</think>` after a leading `<think>` completes, the action state is reset.
+- Inside a call block the JSON automaton eats every byte, the closing tag's included; the automaton state before
+  the `<` that starts a partial `</tool_call>` match is kept (`snap`) and is what the block is judged on when the
+  match completes. The tag's bytes can then only have appended to a string beyond its committed length or sent
+  the automaton to its sticky error state, so the stored buffers stay exact for every call judged valid.
+
+Buffers have one spare row (call C, argument slot A) that overflowing writes land in; `finish` slices it off and
+zeroes everything past the lengths, so a `Turn` equals `reference.parse_turn` field for field.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from sandbox.reference import (CALL_CLOSE, CALL_OPEN, CHECK_CLOSE, CHECK_OPEN, KIND_ARRAY, KIND_BOOL, KIND_INTEGER,
+                               KIND_NONE, KIND_NULL, KIND_NUMBER, KIND_OBJECT, KIND_STRING, MARKER, THINK_CLOSE,
+                               THINK_OPEN, Caps)
+
+__all__ = ["Caps", "ParserState", "Turn", "init", "feed", "feed_bytes", "finish", "parse",
+           "KIND_NONE", "KIND_STRING", "KIND_INTEGER", "KIND_NUMBER", "KIND_BOOL", "KIND_NULL", "KIND_ARRAY",
+           "KIND_OBJECT"]
+
+i32 = jnp.int32
+
+# JSON automaton modes.
+M_VALUE, M_ARR_FIRST, M_OBJ_FIRST, M_OBJ_KEY, M_COLON, M_AFTER, M_STR, M_NUM, M_LIT, M_ERR = range(10)
+# Number sub-states: after '-', after leading 0, integer digits, after '.', fraction, after e/E, after exp sign, exp.
+N_MINUS, N_ZERO, N_INT, N_DOT, N_FRAC, N_E, N_ESIGN, N_EXP = range(8)
+# Role of the string / scalar being read.
+R_NONE, R_TOPKEY, R_NAME, R_ARGS, R_ARGKEY, R_ARGVAL = range(6)
+# Role of the last top-level key.
+K_OTHER, K_NAME, K_ARGUMENTS = range(3)
+OBJ, ARR = 1, 2  # stack entries
+
+
+def _tables():
+    b = np.arange(256)
+    digit = (b >= 48) & (b <= 57)
+    num = np.full((8, 256), -1, np.int32)
+    num[N_MINUS, 48] = N_ZERO
+    num[N_MINUS, 49:58] = N_INT
+    for s in (N_ZERO, N_INT, N_FRAC):
+        num[s, [ord("e"), ord("E")]] = N_E
+    for s in (N_ZERO, N_INT):
+        num[s, ord(".")] = N_DOT
+    num[N_INT, digit] = N_INT
+    num[N_DOT, digit] = N_FRAC
+    num[N_FRAC, digit] = N_FRAC
+    num[N_E, [ord("+"), ord("-")]] = N_ESIGN
+    num[N_E, digit] = N_EXP
+    num[N_ESIGN, digit] = N_EXP
+    num[N_EXP, digit] = N_EXP
+    accept = np.zeros(8, bool)
+    accept[[N_ZERO, N_INT, N_FRAC, N_EXP]] = True
+    vkind = np.zeros(256, np.int32)
+    vkind[ord('"')] = KIND_STRING
+    vkind[ord("-")] = KIND_INTEGER
+    vkind[digit] = KIND_INTEGER
+    vkind[[ord("t"), ord("f")]] = KIND_BOOL
+    vkind[ord("n")] = KIND_NULL
+    vkind[ord("[")] = KIND_ARRAY
+    vkind[ord("{")] = KIND_OBJECT
+    lit_of = np.zeros(256, np.int32)
+    lit_of[[ord("t"), ord("f"), ord("n")]] = [0, 1, 2]
+    lits = np.zeros((3, 5), np.int32)
+    for i, w in enumerate((b"true", b"false", b"null")):
+        lits[i, :len(w)] = list(w)
+    esc = np.full(256, -1, np.int32)
+    for k, v in zip(b'"\\/bfnrt', b'"\\/\b\f\n\r\t'):
+        esc[k] = v
+    hexv = np.full(256, -1, np.int32)
+    hexv[48:58] = np.arange(10)
+    hexv[97:103] = np.arange(10, 16)
+    hexv[65:71] = np.arange(10, 16)
+    jws = np.isin(b, list(b" \t\n\r"))
+    ws = np.isin(b, list(b" \t\n\r\x0b\x0c"))
+    return {k: jnp.asarray(v) for k, v in dict(num=num, accept=accept, vkind=vkind, lit_of=lit_of, lits=lits,
+                                                lit_len=np.array([4, 5, 4], np.int32), esc=esc, hexv=hexv,
+                                                jws=jws, ws=ws).items()}
+
+
+def _pat(s: bytes, n: int = 0):
+    return jnp.asarray(np.frombuffer(s.ljust(max(n, len(s)), b"\0"), np.uint8).astype(np.int32))
+
+
+T = None  # lookup tables, built lazily (device arrays must not be created at import time)
+
+
+def _t():
+    global T
+    if T is None:
+        T = _tables()
+    return T
+
+
+class Json(NamedTuple):
+    """Control state of the JSON automaton for the current call block (scalars unless shaped)."""
+    mode: jax.Array  # M_*
+    sub: jax.Array  # M_STR: 0 plain, 1 after '\\', 2..5 reading hex digit 1..4; M_NUM: N_*; M_LIT: bytes matched
+    lit: jax.Array  # M_LIT: 0 true, 1 false, 2 null
+    uval: jax.Array  # \\uXXXX value so far
+    hi: jax.Array  # bool: the last thing decoded was a high-surrogate escape (a low one right after joins it)
+    is_key: jax.Array  # bool: the string being read is an object key
+    role: jax.Array  # R_* of the string / scalar being read
+    depth: jax.Array  # open containers
+    stack: jax.Array  # int32[depth cap]: OBJ / ARR per level
+    args_open: jax.Array  # bool: the depth-2 container is the top-level "arguments" object
+    key_role: jax.Array  # K_* of the last top-level key
+    mname: jax.Array  # bool: the top-level key read so far is a prefix of "name"
+    margs: jax.Array  # bool: ... of "arguments"
+    slen: jax.Array  # canonical bytes of the current string / scalar so far
+    nonascii: jax.Array  # bool: the argument key being read has a marker byte
+    eq: jax.Array  # bool[A+1]: the argument key being read equals slot s's key so far
+    slot: jax.Array  # argument slot the current value goes to
+    n_args: jax.Array  # distinct argument keys
+    name_kind: jax.Array  # KIND_* of the last "name" value
+    args_kind: jax.Array  # KIND_* of the last "arguments" value
+    overflow: jax.Array  # bool: the arguments do not fit (Caps.A, Caps.KB, non-ASCII key)
+    is_float: jax.Array  # bool: the number being read has a fraction or exponent
+
+
+class Act(NamedTuple):
+    """Action-region state."""
+    block: jax.Array  # 0 outside, 1 in a call block, 2 in a check block
+    m_call: jax.Array  # bytes of `<tool_call>` matched (outside blocks)
+    m_check: jax.Array  # bytes of `<tool_check>` matched (outside blocks)
+    m_close: jax.Array  # bytes of the current block's closing tag matched
+    has_text: jax.Array
+    n_calls: jax.Array
+    n_checks: jax.Array
+    json: Json
+    snap: Json  # `json` before the `<` that began the current closing-tag match
+    cstart: jax.Array  # bool: a non-ws byte was seen in this check block
+    clen: jax.Array  # check bytes since the first non-ws one
+    clast: jax.Array  # ... up to and including the last non-ws one
+    csnap: jax.Array  # int32[3]: (cstart, clen, clast) before the `<` of the closing-tag match
+
+
+class Buf(NamedTuple):
+    """Stored calls and check (one spare call row and argument slot; see module docstring)."""
+    call_valid: jax.Array  # bool[C+1]
+    call_overflow: jax.Array  # bool[C+1]
+    arg_count: jax.Array  # int32[C+1]
+    call_name: jax.Array  # uint8[C+1, NB]
+    name_len: jax.Array  # int32[C+1]
+    arg_key: jax.Array  # uint8[C+1, A+1, KB]
+    arg_key_len: jax.Array  # int32[C+1, A+1]
+    arg_kind: jax.Array  # int32[C+1, A+1]
+    arg_val: jax.Array  # uint8[C+1, A+1, VB]
+    arg_val_len: jax.Array  # int32[C+1, A+1]
+    check_name: jax.Array  # uint8[NB]
+    check_len: jax.Array  # int32[]
+
+
+class ParserState(NamedTuple):
+    think: jax.Array  # 0 matching `<think>` at byte 0, 1 inside it, 2 closed (think_ok), 3 no think
+    tm: jax.Array  # bytes of `<think>` (think == 0) or `</think>` (think == 1) matched
+    act: Act
+    buf: Buf
+
+
+class Turn(NamedTuple):
+    """A parsed turn (C = Caps.C, A = Caps.A; fields as in `sandbox.reference`; zero where absent / invalid)."""
+    think_ok: jax.Array  # bool[]: starts with `<think>` and a `</think>` follows
+    has_text: jax.Array  # bool[]: non-ws bytes outside blocks in the action region
+    unclosed: jax.Array  # bool[]: a block is still open at the end
+    n_calls: jax.Array  # int32[]: closed call blocks (may exceed C)
+    too_many_calls: jax.Array  # bool[]: n_calls > C
+    n_checks: jax.Array  # int32[]: closed check blocks
+    has_check: jax.Array  # bool[]: n_checks > 0
+    check_name: jax.Array  # uint8[NB]: first check block's stripped content, truncated
+    check_name_len: jax.Array  # int32[]: its full length
+    malformed: jax.Array  # bool[]: unclosed | too_many_calls | n_checks > 1
+    call_valid: jax.Array  # bool[C]: well-formed JSON call whose arguments fit
+    call_overflow: jax.Array  # bool[C]: well-formed but the arguments do not fit
+    call_name: jax.Array  # uint8[C, NB]: canonical "name", truncated
+    call_name_len: jax.Array  # int32[C]: its full length
+    arg_count: jax.Array  # int32[C]: distinct argument keys
+    arg_key: jax.Array  # uint8[C, A, KB]
+    arg_key_len: jax.Array  # int32[C, A]
+    arg_kind: jax.Array  # int32[C, A]: KIND_*
+    arg_val: jax.Array  # uint8[C, A, VB]: canonical string / number text / true|false, truncated
+    arg_val_len: jax.Array  # int32[C, A]: full length
+
+
+def _caps(state: ParserState) -> Caps:
+    b = state.buf
+    return Caps(C=b.call_valid.shape[0] - 1, A=b.arg_kind.shape[1] - 1, NB=b.call_name.shape[1],
+                KB=b.arg_key.shape[2], VB=b.arg_val.shape[2], depth=state.act.json.stack.shape[0])
+
+
+def _z(dtype=i32):
+    return jnp.zeros((), dtype)
+
+
+def _json_init(caps: Caps) -> Json:
+    f = _z(bool)
+    return Json(mode=_z(), sub=_z(), lit=_z(), uval=_z(), hi=f, is_key=f, role=_z(), depth=_z(),
+                stack=jnp.zeros(caps.depth, i32), args_open=f, key_role=_z(), mname=f, margs=f, slen=_z(),
+                nonascii=f, eq=jnp.zeros(caps.A + 1, bool), slot=_z(), n_args=_z(), name_kind=_z(), args_kind=_z(),
+                overflow=f, is_float=f)
+
+
+def _act_init(caps: Caps) -> Act:
+    j = _json_init(caps)
+    return Act(block=_z(), m_call=_z(), m_check=_z(), m_close=_z(), has_text=_z(bool), n_calls=_z(), n_checks=_z(),
+               json=j, snap=j, cstart=_z(bool), clen=_z(), clast=_z(), csnap=jnp.zeros(3, i32))
+
+
+def init(caps: Caps = Caps()) -> ParserState:
+    """The state before the first byte of a turn."""
+    C, A = caps.C, caps.A
+    buf = Buf(call_valid=jnp.zeros(C + 1, bool), call_overflow=jnp.zeros(C + 1, bool),
+              arg_count=jnp.zeros(C + 1, i32), call_name=jnp.zeros((C + 1, caps.NB), jnp.uint8),
+              name_len=jnp.zeros(C + 1, i32), arg_key=jnp.zeros((C + 1, A + 1, caps.KB), jnp.uint8),
+              arg_key_len=jnp.zeros((C + 1, A + 1), i32), arg_kind=jnp.zeros((C + 1, A + 1), i32),
+              arg_val=jnp.zeros((C + 1, A + 1, caps.VB), jnp.uint8), arg_val_len=jnp.zeros((C + 1, A + 1), i32),
+              check_name=jnp.zeros(caps.NB, jnp.uint8), check_len=_z())
+    return ParserState(think=_z(), tm=_z(), act=_act_init(caps), buf=buf)
+
+
+def _kmp(m, b, pat):
+    """Next match count of a tag whose only `<` is its first byte."""
+    return jnp.where(b == pat[m], m + 1, jnp.where(b == 60, 1, 0))
+
+
+def _put(arr, idx, val, cond):
+    """arr[idx] = val where cond (one element; indices already in range)."""
+    return arr.at[idx].set(jnp.where(cond, val, arr[idx]).astype(arr.dtype))
+
+
+def _json_step(j: Json, b, buf: Buf, ci, on, caps: Caps):
+    """One byte through the JSON automaton. Returns the new control state and buffers (writes gated by `on`)."""
+    t = _t()
+    C, A, NB, KB, VB, D = caps
+    in_num = j.mode == M_NUM
+    num_next = t["num"][j.sub, b]
+    acc = t["accept"][j.sub]
+    num_cont = in_num & (num_next >= 0)
+    num_end = in_num & acc & (num_next < 0)
+    num_bad = in_num & ~acc & (num_next < 0)
+    m = jnp.where(num_end, M_AFTER, j.mode)  # a delimiter ends the number; the same byte is then read as a delimiter
+
+    jws = t["jws"][b]
+    top_obj = j.stack[jnp.clip(j.depth - 1, 0, D - 1)] == OBJ
+    vkind = t["vkind"][b]
+    start_val = ((m == M_VALUE) | (m == M_ARR_FIRST)) & (vkind > 0) & ((j.depth > 0) | (vkind == KIND_OBJECT))
+    push = start_val & ((vkind == KIND_ARRAY) | (vkind == KIND_OBJECT))
+    push_over = push & (j.depth >= D)
+    after_in = (m == M_AFTER) & (j.depth > 0)
+    arr_close = ((m == M_ARR_FIRST) | (after_in & ~top_obj)) & (b == ord("]"))
+    obj_close = ((m == M_OBJ_FIRST) | (after_in & top_obj)) & (b == ord("}"))
+    close = arr_close | obj_close
+    start_key = ((m == M_OBJ_FIRST) | (m == M_OBJ_KEY)) & (b == ord('"'))
+    colon = (m == M_COLON) & (b == ord(":"))
+    comma = after_in & (b == ord(","))
+    structural = m <= M_AFTER
+    skip_ws = structural & jws
+    struct_bad = structural & ~(skip_ws | start_val | close | start_key | colon | comma)
+
+    # strings
+    in_str = m == M_STR
+    s0 = in_str & (j.sub == 0)
+    str_end = s0 & (b == ord('"'))
+    str_bs = s0 & (b == ord("\\"))
+    str_ctrl = s0 & (b < 0x20)
+    str_plain = s0 & ~str_end & ~str_bs & ~str_ctrl
+    s1 = in_str & (j.sub == 1)
+    esc_val = t["esc"][b]
+    esc_simple = s1 & (esc_val >= 0)
+    esc_u = s1 & (b == ord("u"))
+    esc_bad = s1 & (esc_val < 0) & (b != ord("u"))
+    sh = in_str & (j.sub >= 2)
+    hv = t["hexv"][b]
+    hex_ok = sh & (hv >= 0)
+    hex_bad = sh & (hv < 0)
+    uval = j.uval * 16 + hv
+    u_done = hex_ok & (j.sub == 5)
+    u_low = (uval >= 0xDC00) & (uval <= 0xDFFF)
+    u_high = (uval >= 0xD800) & (uval <= 0xDBFF)
+    u_emit = u_done & ~(j.hi & u_low)  # a low surrogate right after a high one joins it: one character
+    emit_str = str_plain | esc_simple | u_emit
+    e_str = jnp.where(str_plain, jnp.where(b < 0x80, b, MARKER),
+                      jnp.where(esc_simple, esc_val, jnp.where(uval < 0x80, uval, MARKER)))
+
+    # literals
+    in_lit = m == M_LIT
+    lit_ok = in_lit & (b == t["lits"][j.lit, jnp.clip(j.sub, 0, 4)])
+    lit_bad = in_lit & ~lit_ok
+    lit_done = lit_ok & (j.sub + 1 == t["lit_len"][j.lit])
+
+    err = (j.mode == M_ERR) | num_bad | struct_bad | push_over | str_ctrl | esc_bad | hex_bad | lit_bad
+
+    # roles
+    d = j.depth
+    vrole = jnp.where(d == 1, jnp.where(j.key_role == K_NAME, R_NAME,
+                                        jnp.where(j.key_role == K_ARGUMENTS, R_ARGS, R_NONE)),
+                      jnp.where((d == 2) & j.args_open, R_ARGVAL, R_NONE))
+    krole = jnp.where(d == 1, R_TOPKEY, jnp.where((d == 2) & j.args_open, R_ARGKEY, R_NONE))
+    role = jnp.where(start_val, vrole, jnp.where(start_key, krole, j.role))
+    scalar_start = start_val & ((vkind == KIND_INTEGER) | (vkind == KIND_BOOL) | (vkind == KIND_NULL))
+    emit = (emit_str | scalar_start | num_cont | lit_ok) & ~err
+    e = jnp.where(emit_str, e_str, b)
+    pos = jnp.where(start_val | start_key, 0, j.slen)
+    slen = pos + emit
+
+    # argument keys: compare with stored keys byte by byte, resolve the slot at the closing quote
+    ak = role == R_ARGKEY
+    free = jnp.minimum(j.n_args, A)
+    slots = jnp.arange(A + 1)
+    eq0 = jnp.where(start_key, slots < j.n_args, j.eq)
+    stored = buf.arg_key[ci, :, jnp.clip(pos, 0, KB - 1)].astype(i32)
+    eq = jnp.where(emit & ak, eq0 & (pos < KB) & (stored == e), eq0)
+    nonascii = jnp.where(start_key, False, j.nonascii) | (emit & ak & (e == MARKER))
+    key_end = str_end & ak & ~err
+    dup = eq & (buf.arg_key_len[ci] == j.slen) & (slots < j.n_args)
+    found = dup.any()
+    new_key = key_end & ~found
+    full = j.n_args >= A
+    slot_at_key = jnp.where(found, jnp.argmax(dup), free)
+
+    # top-level keys: compare with "name" / "arguments"
+    tk = (role == R_TOPKEY) & emit
+    name_pat, args_pat = _pat(b"name", 9), _pat(b"arguments")
+    pc = jnp.clip(pos, 0, 8)
+    mname = jnp.where(start_key, True, j.mname) & ~(tk & ((pos >= 4) | (name_pat[pc] != e)))
+    margs = jnp.where(start_key, True, j.margs) & ~(tk & ((pos >= 9) | (args_pat[pc] != e)))
+    top_key_end = str_end & (role == R_TOPKEY)
+    key_role = jnp.where(top_key_end, jnp.where(mname & (j.slen == 4), K_NAME,
+                                                jnp.where(margs & (j.slen == 9), K_ARGUMENTS, K_OTHER)), j.key_role)
+
+    # value starts in a role
+    new_args = start_val & (vrole == R_ARGS)
+    n_args = jnp.where(new_args, 0, j.n_args + (new_key & ~full))
+    overflow = jnp.where(new_args, False, j.overflow) | (key_end & ((j.slen > KB) | j.nonascii | (new_key & full)))
+    slot = jnp.where(key_end, slot_at_key, j.slot)
+    name_kind = jnp.where(start_val & (vrole == R_NAME), vkind, j.name_kind)
+    args_kind = jnp.where(new_args, vkind, j.args_kind)
+    args_open = jnp.where(push & (d == 1), vrole == R_ARGS, j.args_open)
+
+    # stack
+    depth = d + push - close
+    stack = jnp.where(push & (jnp.arange(D) == d), jnp.where(vkind == KIND_OBJECT, OBJ, ARR), j.stack)
+
+    # mode and sub-state
+    mode = m
+    mode = jnp.where(start_val, jnp.select([vkind == KIND_STRING, vkind == KIND_INTEGER, vkind == KIND_ARRAY,
+                                            vkind == KIND_OBJECT], [M_STR, M_NUM, M_ARR_FIRST, M_OBJ_FIRST], M_LIT),
+                     mode)
+    mode = jnp.where(close | lit_done, M_AFTER, mode)
+    mode = jnp.where(start_key, M_STR, mode)
+    mode = jnp.where(colon, M_VALUE, mode)
+    mode = jnp.where(comma, jnp.where(top_obj, M_OBJ_KEY, M_VALUE), mode)
+    mode = jnp.where(str_end, jnp.where(j.is_key, M_COLON, M_AFTER), mode)
+    mode = jnp.where(err, M_ERR, mode)
+    sub = j.sub
+    sub = jnp.where(str_bs, 1, sub)
+    sub = jnp.where(esc_simple, 0, sub)
+    sub = jnp.where(esc_u, 2, sub)
+    sub = jnp.where(hex_ok, jnp.where(u_done, 0, j.sub + 1), sub)
+    sub = jnp.where(num_cont, num_next, sub)
+    sub = jnp.where(lit_ok, j.sub + 1, sub)
+    sub = jnp.where(start_key, 0, sub)
+    sub = jnp.where(start_val, jnp.select([vkind == KIND_STRING, b == ord("-"), b == ord("0"), vkind == KIND_INTEGER],
+                                          [0, N_MINUS, N_ZERO, N_INT], 1), sub)
+    hi = jnp.where(u_done, u_high, jnp.where(str_plain | esc_simple | start_key | start_val, False, j.hi))
+    is_float = jnp.where(start_val, False, j.is_float) | (num_cont & ((b == ord(".")) | (b == ord("e")) | (b == ord("E"))))
+
+    nj = Json(mode=mode, sub=sub, lit=jnp.where(start_val, t["lit_of"][b], j.lit),
+              uval=jnp.where(esc_u, 0, jnp.where(hex_ok, uval, j.uval)), hi=hi,
+              is_key=jnp.where(start_key, True, jnp.where(start_val, False, j.is_key)), role=role, depth=depth,
+              stack=stack, args_open=args_open, key_role=key_role, mname=mname, margs=margs, slen=slen,
+              nonascii=nonascii, eq=eq, slot=slot, n_args=n_args, name_kind=name_kind, args_kind=args_kind,
+              overflow=overflow, is_float=is_float)
+
+    # buffer writes
+    w = emit & on
+    cpos = jnp.clip(pos, 0, None)
+    call_name = _put(buf.call_name, (ci, jnp.minimum(cpos, NB - 1)), e, w & (role == R_NAME) & (pos < NB))
+    arg_key = _put(buf.arg_key, (ci, free, jnp.minimum(cpos, KB - 1)), e, w & ak & (pos < KB))
+    arg_val = _put(buf.arg_val, (ci, j.slot, jnp.minimum(cpos, VB - 1)), e,
+                   w & (role == R_ARGVAL) & (pos < VB))
+    name_len = _put(buf.name_len, ci, j.slen, on & str_end & (role == R_NAME) & ~err)
+    arg_key_len = _put(buf.arg_key_len, (ci, slot_at_key), j.slen, on & new_key)
+    val_start = start_val & (vrole == R_ARGVAL) & ~err
+    val_num_end = num_end & (j.role == R_ARGVAL) & ~err
+    arg_kind = _put(buf.arg_kind, (ci, j.slot),
+                    jnp.where(val_start, vkind, jnp.where(j.is_float, KIND_NUMBER, KIND_INTEGER)),
+                    on & (val_start | val_num_end))
+    val_end = (str_end | lit_done) & (role == R_ARGVAL) & ~err
+    arg_val_len = _put(buf.arg_val_len, (ci, j.slot),
+                       jnp.where(val_start, 0, jnp.where(lit_done & (j.lit == 2), 0, jnp.where(lit_done, slen, j.slen))),
+                       on & (val_start | val_num_end | val_end))
+    buf = buf._replace(call_name=call_name, arg_key=arg_key, arg_val=arg_val, name_len=name_len,
+                       arg_key_len=arg_key_len, arg_kind=arg_kind, arg_val_len=arg_val_len)
+    return nj, buf
+
+
+def _act_step(a: Act, b, buf: Buf, active, caps: Caps):
+    t = _t()
+    C, NB = caps.C, caps.NB
+    out, incall, incheck = a.block == 0, a.block == 1, a.block == 2
+    ws = t["ws"][b]
+
+    # outside blocks: look for the opening tags; bytes of a dropped partial match are text
+    mc = _kmp(a.m_call, b, _pat(CALL_OPEN, 12))
+    mk = _kmp(a.m_check, b, _pat(CHECK_OPEN, 13))
+    pending, newp = jnp.maximum(a.m_call, a.m_check), jnp.maximum(mc, mk)
+    open_call = out & (mc == len(CALL_OPEN))
+    open_check = out & (mk == len(CHECK_OPEN))
+    opened = open_call | open_check
+    text = out & ~opened & jnp.where(pending > 0, newp <= pending, (newp == 0) & ~ws)
+
+    # inside a block: look for its closing tag
+    close_pat = jnp.where(incheck, _pat(CHECK_CLOSE, 14), _pat(CALL_CLOSE, 14))
+    mcl = _kmp(a.m_close, b, close_pat)
+    close_call = incall & (mcl == len(CALL_CLOSE))
+    close_check = incheck & (mcl == len(CHECK_CLOSE))
+    lt = b == 60
+
+    ci = jnp.minimum(a.n_calls, C)
+    json, buf = _json_step(a.json, b, buf, ci, active & incall, caps)
+    snap = jax.tree.map(lambda o, s: jnp.where(incall & lt, o, s), a.json, a.snap)
+    s = snap
+    well = (s.mode == M_AFTER) & (s.depth == 0) & (s.name_kind == KIND_STRING) & (s.args_kind == KIND_OBJECT)
+    commit = active & close_call
+    buf = buf._replace(call_valid=_put(buf.call_valid, ci, well & ~s.overflow, commit),
+                       call_overflow=_put(buf.call_overflow, ci, well & s.overflow, commit),
+                       arg_count=_put(buf.arg_count, ci, s.n_args, commit))
+
+    # check block: content stripped of ws; only the first one is stored
+    nonws = ~ws
+    cstart = a.cstart | nonws
+    buf = buf._replace(check_name=_put(buf.check_name, jnp.minimum(a.clen, NB - 1), b,
+                                       active & incheck & cstart & (a.clen < NB) & (a.n_checks == 0)))
+    clen = a.clen + cstart
+    clast = jnp.where(nonws, clen, a.clast)
+    csnap = jnp.where(incheck & lt, jnp.stack([a.cstart.astype(i32), a.clen, a.clast]), a.csnap)
+    buf = buf._replace(check_len=jnp.where(active & close_check & (a.n_checks == 0), csnap[2], buf.check_len))
+
+    closed = close_call | close_check
+    fresh = _json_init(caps)
+    json = jax.tree.map(lambda f, x: jnp.where(open_call, f, x), fresh, json)
+    na = Act(block=jnp.where(open_call, 1, jnp.where(open_check, 2, jnp.where(closed, 0, a.block))),
+             m_call=jnp.where(out & ~opened, mc, 0), m_check=jnp.where(out & ~opened, mk, 0),
+             m_close=jnp.where(~out & ~closed, mcl, 0), has_text=a.has_text | text,
+             n_calls=a.n_calls + close_call, n_checks=a.n_checks + close_check, json=json, snap=snap,
+             cstart=jnp.where(opened, False, cstart), clen=jnp.where(opened, 0, clen),
+             clast=jnp.where(opened, 0, clast), csnap=csnap)
+    return na, buf
+
+
+def _step(state: ParserState, byte, active) -> ParserState:
+    """One byte; with `active` False the state is unchanged (masked feeding)."""
+    caps = _caps(state)
+    b = jnp.asarray(byte).astype(i32)
+    active = jnp.asarray(active, bool)
+    think_open, think_close = _pat(THINK_OPEN, 8), _pat(THINK_CLOSE, 9)
+    th, tm = state.think, state.tm
+    t0 = th == 0
+    ok0 = b == think_open[jnp.clip(tm, 0, 7)]
+    tm1 = _kmp(tm, b, think_close)
+    closes = (th == 1) & (tm1 == len(THINK_CLOSE))
+    new_th = jnp.where(t0, jnp.where(ok0, jnp.where(tm == len(THINK_OPEN) - 1, 1, 0), 3), jnp.where(closes, 2, th))
+    new_tm = jnp.where(t0, jnp.where(ok0 & (tm < len(THINK_OPEN) - 1), tm + 1, 0), jnp.where(th == 1, tm1, tm))
+
+    act, buf = _act_step(state.act, b, state.buf, active, caps)
+    act = jax.tree.map(lambda f, x: jnp.where(closes, f, x), _act_init(caps), act)
+    new = (new_th, new_tm, act)
+    old = (th, tm, state.act)
+    new_th, new_tm, act = jax.tree.map(lambda n, o: jnp.where(active, n, o), new, old)
+    return ParserState(think=new_th, tm=new_tm, act=act, buf=buf)
+
+
+def feed(state: ParserState, byte) -> ParserState:
+    """Feed one byte (uint8[] or int)."""
+    return _step(state, byte, True)
+
+
+def feed_bytes(state: ParserState, data, n) -> ParserState:
+    """Feed the first `n` bytes of `data` (uint8[N]), e.g. one token's bytes from a byte table."""
+    data = jnp.asarray(data)
+    return jax.lax.fori_loop(0, data.shape[0], lambda i, s: _step(s, data[i], i < n), state)
+
+
+def finish(state: ParserState) -> Turn:
+    """The parsed turn after the last byte (the end-of-turn token itself is not fed)."""
+    caps = _caps(state)
+    C, A = caps.C, caps.A
+    a, b = state.act, state.buf
+    unclosed = a.block != 0
+    too_many = a.n_calls > C
+    has_check = a.n_checks > 0
+    present = jnp.arange(C) < a.n_calls
+    valid = present & b.call_valid[:C]
+
+    def bytes_upto(arr, n, keep):
+        keep = keep & (jnp.arange(arr.shape[-1]) < jnp.minimum(n, arr.shape[-1])[..., None])
+        return jnp.where(keep, arr, 0).astype(jnp.uint8)
+
+    arg_count = jnp.where(valid, b.arg_count[:C], 0)
+    in_slot = valid[:, None] & (jnp.arange(A)[None, :] < arg_count[:, None])
+    key_len = jnp.where(in_slot, b.arg_key_len[:C, :A], 0)
+    val_len = jnp.where(in_slot, b.arg_val_len[:C, :A], 0)
+    name_len = jnp.where(valid, b.name_len[:C], 0)
+    check_len = jnp.where(has_check, b.check_len, 0)
+    return Turn(
+        think_ok=state.think == 2,
+        has_text=a.has_text | ((a.block == 0) & (jnp.maximum(a.m_call, a.m_check) > 0)),
+        unclosed=unclosed, n_calls=a.n_calls, too_many_calls=too_many, n_checks=a.n_checks, has_check=has_check,
+        check_name=bytes_upto(b.check_name, check_len, has_check), check_name_len=check_len,
+        malformed=unclosed | too_many | (a.n_checks > 1),
+        call_valid=valid, call_overflow=present & b.call_overflow[:C],
+        call_name=bytes_upto(b.call_name[:C], name_len, valid[:, None]), call_name_len=name_len,
+        arg_count=arg_count,
+        arg_key=bytes_upto(b.arg_key[:C, :A], key_len, in_slot[..., None]), arg_key_len=key_len,
+        arg_kind=jnp.where(in_slot, b.arg_kind[:C, :A], 0),
+        arg_val=bytes_upto(b.arg_val[:C, :A], val_len, in_slot[..., None]), arg_val_len=val_len,
+    )
+
+
+def parse(data, n, caps: Caps = Caps()) -> Turn:
+    """A whole turn at once: `data` uint8[N] padded, `n` its length. For tests, benchmarks and offline scoring."""
+    return finish(feed_bytes(init(caps), data, n))
