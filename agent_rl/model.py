@@ -1,0 +1,436 @@
+"""Decoder-only transformer (Qwen2 / Llama family) in Flax NNX, with a KV cache for decoding.
+
+The math follows Hugging Face's Qwen2 and Llama exactly: RMSNorm (statistics in float32), rotary position
+embeddings in the `rotate_half` layout, grouped-query attention with optional q/k/v biases, a SwiGLU MLP, and
+optionally tied input/output embeddings. Weights load from and export to Hugging Face checkpoints (`agent_rl.hf`).
+
+Layers are stacked: every per-layer parameter has a leading `[layers]` axis and the forward pass is one
+`lax.scan` over layers, so compile time does not grow with depth. Every parameter carries logical axis names in
+its `out_sharding` metadata (e.g. `("layers", "embed", "mlp")`); `agent_rl.sharding` maps them onto a mesh.
+
+Padding convention
+------------------
+Prompts are LEFT-padded to a common length `P` and described by `valid bool[B, P]`. Position ids count valid
+tokens only (`cumsum(valid) - 1`), so a row's first real token has position 0 whatever its padding. Decoding
+is lockstep: every call writes the same cache slot `index` for all rows, while each row keeps its own next
+position id `pos[b]`. Padding slots stay `valid=False` in the cache and are never attended to. Nothing in the
+math requires the padding to be on the left; any `valid` pattern gives the same result for the valid tokens.
+
+Calling the model inside jit / lax loops
+----------------------------------------
+The cache is a pytree (`Cache`), so it can be the carry of `lax.scan` / `lax.while_loop`. Parameters travel as
+NNX state and are merged back into a module inside the traced function::
+
+    graphdef, params = nnx.split(model)
+
+    @jax.jit
+    def greedy(params, cache, tokens, valid):
+      model = nnx.merge(graphdef, params)
+      logits, cache = prefill(model, cache, tokens, valid)
+      def body(carry, _):
+        cache, token = carry
+        logits, cache = decode_step(model, cache, token)
+        token = jnp.argmax(logits, -1).astype(jnp.int32)
+        return (cache, token), token
+      first = jnp.argmax(logits[:, -1], -1).astype(jnp.int32)
+      _, out = jax.lax.scan(body, (cache, first), None, length=16)
+      return out.T                                                    # [batch, 16]
+
+`nnx.jit` accepts the module directly as well; the split/merge form is what makes the parameters an explicit
+argument (for `jax.grad`, sharding annotations or donation).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Shapes and numerics of the transformer. Hashable, so it can live on the module as static data.
+
+  `dtype` is the compute dtype, `param_dtype` the storage dtype of parameters (both given by name).
+  `rope_scaling` is None or the Llama-3 frequency scaling
+  `(factor, low_freq_factor, high_freq_factor, original_max_position_embeddings)`.
+  `remat` recomputes each layer's activations in the backward pass (saves memory when training).
+  """
+  vocab_size: int
+  d_model: int
+  n_layers: int
+  n_heads: int
+  n_kv_heads: int
+  head_dim: int
+  mlp_dim: int
+  rope_theta: float = 10000.0
+  rms_eps: float = 1e-6
+  qkv_bias: bool = False
+  tie_embeddings: bool = False
+  dtype: str = "float32"
+  param_dtype: str = "float32"
+  rope_scaling: tuple[float, float, float, float] | None = None
+  remat: bool = False
+
+  def __post_init__(self):
+    # Normalise dtypes to names (jnp.bfloat16 and "bfloat16" are the same config) and check shapes early.
+    for field in ("dtype", "param_dtype"):
+      name = jnp.dtype(getattr(self, field)).name
+      if name not in _DTYPES:
+        raise ValueError(f"ModelConfig.{field}={name!r}: expected one of {_DTYPES}")
+      object.__setattr__(self, field, name)
+    if self.rope_scaling is not None:
+      object.__setattr__(self, "rope_scaling", tuple(float(x) for x in self.rope_scaling))
+      if len(self.rope_scaling) != 4:
+        raise ValueError(f"ModelConfig.rope_scaling={self.rope_scaling}: expected 4 numbers "
+                         "(factor, low_freq_factor, high_freq_factor, original_max_position_embeddings)")
+    for field in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "mlp_dim"):
+      if int(getattr(self, field)) <= 0:
+        raise ValueError(f"ModelConfig.{field}={getattr(self, field)}: must be a positive integer")
+    if self.n_heads % self.n_kv_heads:
+      raise ValueError(f"ModelConfig.n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+    if self.head_dim % 2:
+      raise ValueError(f"ModelConfig.head_dim={self.head_dim}: rotary embeddings need an even head_dim")
+
+  @classmethod
+  def from_dict(cls, d: Mapping[str, Any]) -> ModelConfig:
+    """From a dict or ml_collections ConfigDict; unknown keys are an error naming the key."""
+    d = dict(d.to_dict() if hasattr(d, "to_dict") else d)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+      raise ValueError(f"ModelConfig: unknown key(s) {unknown}; known keys are {sorted(names)}")
+    return cls(**d)
+
+  def to_dict(self) -> dict[str, Any]:
+    return dataclasses.asdict(self)
+
+  def replace(self, **kw) -> ModelConfig:
+    return dataclasses.replace(self, **kw)
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+  @property
+  def n_params(self) -> int:
+    d, h, k, hd, f = self.d_model, self.n_heads, self.n_kv_heads, self.head_dim, self.mlp_dim
+    attn = d * (h + 2 * k) * hd + h * hd * d + (self.qkv_bias * (h + 2 * k) * hd)
+    layer = attn + 3 * d * f + 2 * d
+    return self.n_layers * layer + d + self.vocab_size * d * (1 if self.tie_embeddings else 2)
+
+
+def tiny(vocab_size: int = 4096, **kw) -> ModelConfig:
+  """A few-million-parameter Qwen2-shaped model for CPU runs and tests."""
+  base = dict(vocab_size=vocab_size, d_model=256, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=64, mlp_dim=768,
+              rope_theta=10000.0, rms_eps=1e-6, qkv_bias=True, tie_embeddings=True)
+  return ModelConfig(**{**base, **kw})
+
+
+def qwen2_5_0_5b(**kw) -> ModelConfig:
+  base = dict(vocab_size=151936, d_model=896, n_layers=24, n_heads=14, n_kv_heads=2, head_dim=64, mlp_dim=4864,
+              rope_theta=1000000.0, rms_eps=1e-6, qkv_bias=True, tie_embeddings=True)
+  return ModelConfig(**{**base, **kw})
+
+
+def qwen2_5_1_5b(**kw) -> ModelConfig:
+  base = dict(vocab_size=151936, d_model=1536, n_layers=28, n_heads=12, n_kv_heads=2, head_dim=128, mlp_dim=8960,
+              rope_theta=1000000.0, rms_eps=1e-6, qkv_bias=True, tie_embeddings=True)
+  return ModelConfig(**{**base, **kw})
+
+
+def qwen2_5_7b(**kw) -> ModelConfig:
+  base = dict(vocab_size=152064, d_model=3584, n_layers=28, n_heads=28, n_kv_heads=4, head_dim=128, mlp_dim=18944,
+              rope_theta=1000000.0, rms_eps=1e-6, qkv_bias=True, tie_embeddings=False)
+  return ModelConfig(**{**base, **kw})
+
+
+def llama3_2_1b(**kw) -> ModelConfig:
+  base = dict(vocab_size=128256, d_model=2048, n_layers=16, n_heads=32, n_kv_heads=8, head_dim=64, mlp_dim=8192,
+              rope_theta=500000.0, rms_eps=1e-5, qkv_bias=False, tie_embeddings=True,
+              rope_scaling=(32.0, 1.0, 4.0, 8192.0))
+  return ModelConfig(**{**base, **kw})
+
+
+PRESETS = {f.__name__: f for f in (tiny, qwen2_5_0_5b, qwen2_5_1_5b, qwen2_5_7b, llama3_2_1b)}
+
+
+def preset(name: str, **kw) -> ModelConfig:
+  if name not in PRESETS:
+    raise ValueError(f"unknown model preset {name!r}; known presets are {sorted(PRESETS)}")
+  return PRESETS[name](**kw)
+
+
+class Cache(NamedTuple):
+  """KV cache for lockstep decoding of a batch.
+
+  k, v:  [layers, batch, max_len, kv_heads, head_dim]  keys (already rotated) and values per slot
+  valid: bool[batch, max_len]  slot holds a real token (False: padding or not yet written)
+  pos:   int32[batch]          position id the row's next real token gets
+  index: int32[]               next slot to write (shared by all rows)
+  """
+  k: jax.Array
+  v: jax.Array
+  valid: jax.Array
+  pos: jax.Array
+  index: jax.Array
+
+
+def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> Cache:
+  """An empty cache with room for `max_len` slots (prompt padding included). dtype defaults to cfg.dtype."""
+  shape = (cfg.n_layers, batch, max_len, cfg.n_kv_heads, cfg.head_dim)
+  dtype = cfg.compute_dtype if dtype is None else dtype
+  return Cache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), valid=jnp.zeros((batch, max_len), bool),
+               pos=jnp.zeros((batch,), jnp.int32), index=jnp.zeros((), jnp.int32))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Layers
+
+
+def _param(rngs: nnx.Rngs, shape, names, cfg: ModelConfig, init="normal") -> nnx.Param:
+  """A parameter with logical axis names. Placement on a mesh is done explicitly by agent_rl.sharding."""
+  dtype = jnp.dtype(cfg.param_dtype)
+  if init == "normal":  # Hugging Face's initializer_range for Qwen2 / Llama
+    value = 0.02 * jax.random.normal(rngs.params(), shape, jnp.float32)
+  elif init == "ones":
+    value = jnp.ones(shape, jnp.float32)
+  else:
+    value = jnp.zeros(shape, jnp.float32)
+  return nnx.Param(value.astype(dtype), out_sharding=names, eager_sharding=False)
+
+
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+  """x [..., d] -> [..., d]; statistics in float32, result cast back before the scale (as Hugging Face)."""
+  x32 = x.astype(jnp.float32)
+  y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+  return scale.astype(x.dtype) * y.astype(x.dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> np.ndarray:
+  """float32[head_dim // 2] rotary frequencies, with Llama-3 scaling when cfg.rope_scaling is set."""
+  dim = cfg.head_dim
+  inv_freq = (1.0 / (cfg.rope_theta ** (np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim)))
+  inv_freq = inv_freq.astype(np.float32)
+  if cfg.rope_scaling is not None:
+    factor, low, high, old_len = cfg.rope_scaling
+    low_wavelen, high_wavelen = old_len / low, old_len / high
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    inv_freq = np.where(medium, smoothed, scaled).astype(np.float32)
+  return inv_freq
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+  """x [B, T, heads, head_dim], positions int[B, T] -> rotated x (Hugging Face rotate_half layout)."""
+  freqs = positions.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # [B, T, head_dim/2]
+  emb = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]
+  cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """Grouped-query attention.
+
+  q [B, T, heads, hd], k/v [B, S, kv_heads, hd], mask bool[B, T, S] -> [B, T, heads, hd].
+  Scores and softmax in float32. Masked scores get the most negative finite float, so a query with no visible
+  slot (a padding query) averages uniformly instead of producing NaN.
+  """
+  b, t, h, hd = q.shape
+  kvh = k.shape[2]
+  q = q.reshape(b, t, kvh, h // kvh, hd)
+  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / math.sqrt(hd)
+  scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  return out.reshape(b, t, h, hd)
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    d, h, k, hd = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    self.q = _param(rngs, (d, h, hd), ("embed", "heads", "head_dim"), cfg)
+    self.k = _param(rngs, (d, k, hd), ("embed", "kv_heads", "head_dim"), cfg)
+    self.v = _param(rngs, (d, k, hd), ("embed", "kv_heads", "head_dim"), cfg)
+    self.o = _param(rngs, (h, hd, d), ("heads", "head_dim", "embed"), cfg)
+    if cfg.qkv_bias:
+      self.q_bias = _param(rngs, (h, hd), ("heads", "head_dim"), cfg, init="zeros")
+      self.k_bias = _param(rngs, (k, hd), ("kv_heads", "head_dim"), cfg, init="zeros")
+      self.v_bias = _param(rngs, (k, hd), ("kv_heads", "head_dim"), cfg, init="zeros")
+    self.cfg = cfg
+
+  def qkv(self, x: jax.Array, positions: jax.Array):
+    """x [B, T, d] -> q [B, T, heads, hd], k, v [B, T, kv_heads, hd]; q and k rotated."""
+    dt = x.dtype
+    q = jnp.einsum("btd,dhk->bthk", x, self.q[...].astype(dt))
+    k = jnp.einsum("btd,dhk->bthk", x, self.k[...].astype(dt))
+    v = jnp.einsum("btd,dhk->bthk", x, self.v[...].astype(dt))
+    if self.cfg.qkv_bias:
+      q, k, v = q + self.q_bias[...].astype(dt), k + self.k_bias[...].astype(dt), v + self.v_bias[...].astype(dt)
+    inv_freq = rope_inv_freq(self.cfg)
+    return apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq), v
+
+  def out(self, y: jax.Array) -> jax.Array:
+    return jnp.einsum("bthk,hkd->btd", y, self.o[...].astype(y.dtype))
+
+
+class MLP(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.gate = _param(rngs, (cfg.d_model, cfg.mlp_dim), ("embed", "mlp"), cfg)
+    self.up = _param(rngs, (cfg.d_model, cfg.mlp_dim), ("embed", "mlp"), cfg)
+    self.down = _param(rngs, (cfg.mlp_dim, cfg.d_model), ("mlp", "embed"), cfg)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dt = x.dtype
+    h = jax.nn.silu(x @ self.gate[...].astype(dt)) * (x @ self.up[...].astype(dt))
+    return h @ self.down[...].astype(dt)
+
+
+class Block(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+    self.attn_norm = _param(rngs, (cfg.d_model,), ("embed",), cfg, init="ones")
+    self.attn = Attention(cfg, rngs)
+    self.mlp_norm = _param(rngs, (cfg.d_model,), ("embed",), cfg, init="ones")
+    self.mlp = MLP(cfg, rngs)
+    self.cfg = cfg
+
+
+class Transformer(nnx.Module):
+  """tokens -> logits. Parameters (logical axes):
+
+  embed      [vocab, d]                      ("vocab", "embed")
+  blocks.*   [layers, ...]                   ("layers", ...)  q: (embed, heads, head_dim), o: (heads, head_dim,
+                                             embed), gate/up: (embed, mlp), down: (mlp, embed), norms: (embed,)
+  final_norm [d]                             ("embed",)
+  lm_head    [d, vocab] (untied only)        ("embed", "vocab")
+  """
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embed = _param(rngs, (cfg.vocab_size, cfg.d_model), ("vocab", "embed"), cfg)
+
+    @nnx.split_rngs(splits=cfg.n_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make_blocks(rngs):
+      return Block(cfg, rngs)
+
+    self.blocks = make_blocks(rngs)
+    self.final_norm = _param(rngs, (cfg.d_model,), ("embed",), cfg, init="ones")
+    if not cfg.tie_embeddings:
+      self.lm_head = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg)
+
+  def __call__(self, tokens: jax.Array, positions: jax.Array, attn_mask: jax.Array | None = None,
+               cache: Cache | None = None) -> tuple[jax.Array, Cache | None]:
+    """Run T new tokens.
+
+    tokens, positions: int32[B, T].
+    Without a cache the tokens attend to each other: attn_mask bool[B, T, T], default causal.
+    With a cache the new keys/values are written to slots [cache.index, cache.index + T) of every row and the
+    queries attend over all S = max_len slots: attn_mask bool[B, T, S], default "slot is valid or new, and not
+    after the query's own slot". The returned cache has k and v updated; `valid`, `pos` and `index` are the
+    caller's bookkeeping (`prefill` / `decode_step` do it).
+    Returns logits float32[B, T, vocab] and the cache (None without one).
+    """
+    cfg = self.cfg
+    b, t = tokens.shape
+    dt = cfg.compute_dtype
+    x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
+    if cache is None:
+      if attn_mask is None:
+        attn_mask = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (b, t, t))
+    else:
+      if attn_mask is None:
+        attn_mask = _cache_mask(cache.valid, cache.index, jnp.ones((b, t), bool))
+    graphdef, block_state = nnx.split(self.blocks)
+
+    def layer(carry, xs):
+      x, k_all, v_all = carry
+      state, i = xs
+      blk = nnx.merge(graphdef, state)
+      h = rms_norm(x, blk.attn_norm[...], cfg.rms_eps)
+      q, k, v = blk.attn.qkv(h, positions)
+      if k_all is not None:  # write this layer's new slots, then attend over the whole cache row
+        k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (i, 0, cache.index, 0, 0))
+        v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (i, 0, cache.index, 0, 0))
+        k = jax.lax.dynamic_index_in_dim(k_all, i, 0, keepdims=False).astype(dt)
+        v = jax.lax.dynamic_index_in_dim(v_all, i, 0, keepdims=False).astype(dt)
+      x = x + blk.attn.out(attention(q, k, v, attn_mask))
+      x = x + blk.mlp(rms_norm(x, blk.mlp_norm[...], cfg.rms_eps))
+      return (x, k_all, v_all), None
+
+    if cfg.remat:
+      layer = jax.checkpoint(layer)
+    kv = (None, None) if cache is None else (cache.k, cache.v)
+    (x, k_all, v_all), _ = jax.lax.scan(layer, (x, *kv), (block_state, jnp.arange(cfg.n_layers)))
+    x = rms_norm(x, self.final_norm[...], cfg.rms_eps)
+    head = self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]
+    logits = jnp.einsum("btd,dv->btv", x, head.astype(dt), preferred_element_type=jnp.float32)
+    return logits, (None if cache is None else cache._replace(k=k_all, v=v_all))
+
+
+def _cache_mask(cache_valid: jax.Array, index: jax.Array, new_valid: jax.Array) -> jax.Array:
+  """bool[B, T, S]: query t (at slot index + t) sees slot s iff s holds a real token and s <= index + t."""
+  t = new_valid.shape[1]
+  valid = jax.lax.dynamic_update_slice(cache_valid, new_valid, (0, index))
+  slots = jnp.arange(cache_valid.shape[1])
+  causal = slots[None, :] <= index + jnp.arange(t)[:, None]  # [T, S]
+  return causal[None] & valid[:, None, :]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Pure entry points used by training and rollout
+
+
+def positions_from_valid(valid: jax.Array, start: jax.Array | int = 0) -> jax.Array:
+  """int32[B, T]: position id of each token = start + number of valid tokens before it (0 on leading padding)."""
+  start = jnp.asarray(start, jnp.int32)
+  start = start[:, None] if start.ndim else start
+  return jnp.maximum(start + jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, start).astype(jnp.int32)
+
+
+def forward(model: Transformer, tokens: jax.Array, valid: jax.Array) -> jax.Array:
+  """Full-sequence logits for training. tokens int32[B, T], valid bool[B, T] -> float32[B, T, vocab].
+
+  Causal attention restricted to valid tokens; positions count valid tokens (left padding gives each row
+  positions 0, 1, ... from its first real token). Logits at padding positions are meaningless.
+  """
+  t = tokens.shape[1]
+  mask = jnp.tril(jnp.ones((t, t), bool))[None] & valid[:, None, :]
+  logits, _ = model(tokens, positions_from_valid(valid), mask)
+  return logits
+
+
+def prefill(model: Transformer, cache: Cache, tokens: jax.Array, valid: jax.Array) -> tuple[jax.Array, Cache]:
+  """Append a chunk of P tokens to every row: tokens int32[B, P], valid bool[B, P] (left-padded prompts).
+
+  Writes slots [index, index + P), continues each row's positions from cache.pos, and returns
+  logits float32[B, P, vocab] (logits[:, -1] predicts each row's next token when the chunk is left-padded) and
+  the updated cache. Works on an empty cache (the prompt) and on a partly filled one (e.g. a tool response
+  inserted mid-episode).
+  """
+  positions = positions_from_valid(valid, cache.pos)
+  mask = _cache_mask(cache.valid, cache.index, valid)
+  logits, cache = model(tokens, positions, mask, cache)
+  cache = cache._replace(valid=jax.lax.dynamic_update_slice(cache.valid, valid, (0, cache.index)),
+                         pos=cache.pos + jnp.sum(valid, axis=1, dtype=jnp.int32),
+                         index=cache.index + tokens.shape[1])
+  return logits, cache
+
+
+def decode_step(model: Transformer, cache: Cache, token: jax.Array) -> tuple[jax.Array, Cache]:
+  """One lockstep decoding step: token int32[B] -> logits float32[B, vocab], cache advanced by one slot."""
+  logits, cache = prefill(model, cache, token[:, None], jnp.ones((token.shape[0], 1), bool))
+  return logits[:, 0], cache
