@@ -1,0 +1,60 @@
+"""Evaluate a policy on one benchmark suite; print a markdown table and write the metrics as JSON.
+
+  python launch/eval.py --suite injecagent --policy always_execute --out results.json
+  python launch/eval.py --suite bfcl --policy replay:outputs.jsonl --split simple_python,multiple --out r.json
+  python launch/eval.py --suite agent_safetybench --policy hf:/models/qwen --judge_dir /models/ShieldAgent --out r.json
+
+Suites: the keys of `agent_rl.evals.SUITES` (injecagent, bfcl, agent_safetybench; sandbox once registered).
+Policies: see `agent_rl.evals.policies` (oracle, always_execute, always_refuse, always_check, replay:FILE, and the
+registered model policies). Benchmark data: --data_dir or $AGENT_RL_BENCHDATA.
+"""
+from __future__ import annotations
+
+import pathlib
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from agent_rl import evals  # noqa: E402
+from agent_rl.evals import common, policies  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("suite", None, "benchmark suite: injecagent | bfcl | agent_safetybench | sandbox", required=True)
+flags.DEFINE_string("policy", None, "policy spec: oracle | always_execute | always_refuse | always_check | "
+                    "replay:FILE | checkpoint:PATH | hf:DIR | prompt_guard:SPEC", required=True)
+flags.DEFINE_string("split", "", "suite-specific selection: injecagent base|enhanced; bfcl comma-separated "
+                    "categories; agent_safetybench fulfillable|unfulfillable; '' = all")
+flags.DEFINE_string("data_dir", None, "benchmark data root (default: $AGENT_RL_BENCHDATA)")
+flags.DEFINE_integer("limit", 0, "at most this many cases per data file (0 = all)")
+flags.DEFINE_enum("tool_style", "compact", ["compact", "json"], "how system prompts list tools")
+flags.DEFINE_string("judge_dir", None, "agent_safetybench: local judge checkpoint (ShieldAgent) for judge metrics")
+flags.DEFINE_string("out", None, "write the metrics JSON here", required=True)
+flags.DEFINE_string("details_out", None, "write per-case details (JSONL) here")
+flags.DEFINE_integer("show_failures", 20, "bfcl with a replay policy: how many failing cases to list")
+config_flags.DEFINE_config_file("config", None, "ml_collections config passed to model policies", lock_config=False)
+
+
+def main(argv):
+    del argv
+    if FLAGS.suite not in evals.SUITES:
+        raise app.UsageError(f"unknown suite {FLAGS.suite!r}; registered: {sorted(evals.SUITES)}")
+    args = common.RunArgs(FLAGS.data_dir, FLAGS.split, FLAGS.limit, FLAGS.tool_style, FLAGS.config, FLAGS.judge_dir)
+    try:
+        metrics, details = evals.SUITES[FLAGS.suite](FLAGS.policy, args)
+    except (common.DataError, policies.PolicyError) as e:  # bad data or spec: one line, no traceback
+        sys.exit(f"error: {e}")
+    print(common.markdown_table(metrics, f"{FLAGS.suite} ({FLAGS.policy})"))
+    if FLAGS.suite == "bfcl" and FLAGS.policy.startswith("replay:"):
+        print(f"\n{len(details)} failing case(s)" + (":" if details else ""))
+        for f in details[:FLAGS.show_failures]:
+            print(f"- {f['id']} [{f['category']}] {f['error_type']}: {f['message']}")
+    common.write_results(FLAGS.out, metrics)
+    if FLAGS.details_out:
+        common.write_jsonl(FLAGS.details_out, details)
+
+
+if __name__ == "__main__":
+    app.run(main)
