@@ -10,6 +10,8 @@ Everything downstream (the sandbox compiler, the jitted rollout, the benchmark h
 `byte_table` gives the exact bytes each id contributes to the text, so the jitted sandbox can match protocol tags
 and parse tool calls on bytes without ever calling back into Python: the bytes of `ids` are
 `concat(table[i, :lengths[i]] for i in ids)`, and they equal `decode(ids).encode()` whenever they are valid UTF-8.
+Protocol symbols spell their literal text; byte pieces their one byte; pad and unused ids nothing (except where a
+tokenizer's own pad is a text token: Qwen's pad is `<|endoftext|>`, whose row holds that text).
 
 - `ByteTokenizer`: ids 0..255 are bytes, then the protocol symbols, then pad. For tests and tiny models.
 - `builtin_tokenizer`: a SentencePiece model (byte fallback, lossless) trained on the sandbox's scenario corpus,
@@ -18,10 +20,17 @@ and parse tool calls on bytes without ever calling back into Python: the bytes o
 """
 from __future__ import annotations
 
+import hashlib
+import io
+import json
+import os
+import pathlib
 import re
 from typing import Iterable, Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+import sentencepiece as spm
+from sentencepiece import sentencepiece_model_pb2
 
 from sandbox import protocol
 
@@ -32,7 +41,7 @@ SYMBOLS = protocol.SPECIAL_SYMBOLS  # the tags every tokenizer must render exact
 class Tokenizer(Protocol):
     vocab_size: int  # rows of the embedding / logits; ids in [0, vocab_size)
     eos_id: int  # `<|im_end|>`: ends a policy turn
-    pad_id: int  # fills unused positions; contributes no bytes
+    pad_id: int  # fills unused positions; masked out wherever it appears
     symbol_ids: Mapping[str, tuple[int, ...]]  # each of SYMBOLS -> its encoding
 
     def encode(self, text: str) -> list[int]: ...
@@ -136,8 +145,6 @@ class SentencePieceTokenizer:
     """
 
     def __init__(self, model_proto: bytes, name: str = "<bytes>"):
-        import sentencepiece as spm
-
         self.model_proto = model_proto
         self.sp = sp = spm.SentencePieceProcessor(model_proto=model_proto)
         spec = _model_spec(model_proto)
@@ -172,8 +179,6 @@ class SentencePieceTokenizer:
 
     @classmethod
     def from_file(cls, path) -> "SentencePieceTokenizer":
-        import pathlib
-
         path = pathlib.Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"SentencePiece model not found: {path}")
@@ -197,8 +202,6 @@ class SentencePieceTokenizer:
 
 
 def _model_spec(model_proto: bytes):
-    from sentencepiece import sentencepiece_model_pb2
-
     spec = sentencepiece_model_pb2.ModelProto()
     spec.ParseFromString(model_proto)
     return spec
@@ -206,9 +209,6 @@ def _model_spec(model_proto: bytes):
 
 def default_cache_dir():
     """$AGENT_RL_CACHE, else ~/.cache/agent_rl."""
-    import os
-    import pathlib
-
     return pathlib.Path(os.environ.get("AGENT_RL_CACHE", pathlib.Path.home() / ".cache" / "agent_rl"))
 
 
@@ -219,14 +219,6 @@ def train_sentencepiece(texts: Iterable[str], cache_dir, vocab_size: int = 4096,
     The model is cached as `cache_dir/sentencepiece-<sha256 of settings and corpus>.model`; the same settings and
     corpus give byte-identical model files.
     """
-    import hashlib
-    import io
-    import json
-    import os
-    import pathlib
-
-    import sentencepiece as spm
-
     texts = list(texts)
     if not texts:
         raise ValueError("train_sentencepiece: empty corpus")
@@ -252,12 +244,13 @@ def train_sentencepiece(texts: Iterable[str], cache_dir, vocab_size: int = 4096,
     return SentencePieceTokenizer(buf.getvalue(), name=str(path))
 
 
-def builtin_tokenizer(cache_dir=None, vocab_size: int = 4096, seed: int = 0, num_texts: int = 20_000,
+def builtin_tokenizer(cache_dir=None, vocab_size: int = 4096, seed: int = 0, num_scenarios: int = 20_000,
                       model_type: str = "bpe") -> SentencePieceTokenizer:
-    """The built-in tokenizer: SentencePiece trained on `sandbox.generate.corpus(seed, num_texts)`, cached on disk."""
+    """The built-in tokenizer: SentencePiece trained on `sandbox.generate.corpus(seed, num_scenarios)` (train split
+    only), cached under `cache_dir` (default `default_cache_dir()`). Trains in about a second."""
     from sandbox import generate
 
-    return train_sentencepiece(generate.corpus(seed, num_texts), cache_dir or default_cache_dir(), vocab_size,
+    return train_sentencepiece(generate.corpus(seed, num_scenarios), cache_dir or default_cache_dir(), vocab_size,
                                model_type, seed)
 
 
@@ -328,8 +321,6 @@ class HFTokenizer:
 
 def hf_tokenizer(local_dir, vocab_size: int | None = None) -> HFTokenizer:
     """Load a tokenizer directory (tokenizer.json, tokenizer_config.json) from disk; never touches the network."""
-    import pathlib
-
     local_dir = pathlib.Path(local_dir)
     if not (local_dir / "tokenizer.json").is_file() and not (local_dir / "vocab.json").is_file():
         raise FileNotFoundError(f"no tokenizer in {local_dir} (expected tokenizer.json; "

@@ -1,4 +1,5 @@
 """Tokenizers: lossless round trips and the byte-table invariant, for the byte, built-in and Qwen tokenizers."""
+import re
 import subprocess
 import sys
 import unicodedata
@@ -123,6 +124,21 @@ def test_sentencepiece_errors(tmp_path):
         tok_lib.SentencePieceTokenizer.from_file(tmp_path / "nowhere.model")
 
 
+def test_builtin_tokenizer_on_scenario_corpus(tmp_path):
+    from sandbox import generate
+
+    tok = tok_lib.builtin_tokenizer(tmp_path, vocab_size=1024, num_scenarios=200)
+    assert tok.vocab_size == 1024 and len(list(tmp_path.iterdir())) == 1
+    assert tok_lib.builtin_tokenizer(tmp_path, vocab_size=1024, num_scenarios=200).model_proto == tok.model_proto
+    corpus = list(generate.corpus(0, 200))
+    n_bytes = n_ids = 0
+    for text in corpus:
+        ids = tok.encode(text)
+        assert tok.decode(ids) == text
+        n_bytes, n_ids = n_bytes + len(text.encode()), n_ids + len(ids)
+    assert n_ids < n_bytes / 2  # it learned the corpus (about 2.6 bytes per id at this size)
+
+
 @settings(max_examples=300, deadline=None)
 @given(texts)
 def test_sentencepiece_round_trip(sp_tok, text):
@@ -209,6 +225,20 @@ def test_qwen_normalizes_to_nfc(qwen):
                 max_size=8).map("".join))
 def test_qwen_matches_reference_encoder(qwen, qwen_reference, text):
     assert qwen.encode(text) == qwen_reference.encode(text)
+
+
+def test_qwen_matches_reference_on_real_text(qwen, qwen_reference):
+    # The reference knows Qwen's first three added tokens only, so compare between the later ones (`<tool_call>`..).
+    from launch.make_qwen_tokenizer import ADDED_TOKENS
+
+    later = re.compile("|".join(re.escape(c) for c, _ in ADDED_TOKENS[3:]))
+    for path in (ROOT / "sandbox" / "protocol.py", ROOT / "agent_rl" / "tokenizer.py",
+                 ROOT / "launch" / "make_qwen_tokenizer.py"):
+        text = path.read_text()
+        assert qwen.decode(qwen.encode(text)) == text
+        segments = later.split(text)
+        for segment in segments:
+            assert qwen.encode(segment) == qwen_reference.encode(segment), (path, segment[:80])
 
 
 @settings(max_examples=150, deadline=None)
