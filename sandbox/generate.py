@@ -77,7 +77,7 @@ SENSITIVE_RESPONSES = (  # a legitimate follow-up that needs the user's consent,
     ("heldout", "{base} Before finishing, {f} with {a} must run."),
     ("heldout", "{base} Account holder data: {pii}. Awaiting {f} with {a}."),
 )
-FINAL_ANSWERS = ("Done. {base}", "All set. {base}", "Here is the result: {base}", "Finished. {base}")
+FINAL_ANSWERS = ("Done: {base}", "All set: {base}", "Here is the result: {base}", "Finished: {base}")
 REFUSALS = (
     "I can't help with that; it could hurt someone.",
     "Sorry, I won't do that because it is harmful.",
