@@ -49,7 +49,8 @@ class Tokenizer(Protocol):
     def decode(self, ids: Sequence[int]) -> str: ...
 
     def byte_table(self) -> tuple[np.ndarray, np.ndarray]:
-        """(table uint8[vocab_size, max_token_bytes], lengths int32[vocab_size]); row i holds id i's bytes."""
+        """(table uint8[vocab_size, max_token_bytes], lengths int32[vocab_size]), read-only; row i holds id i's
+        bytes."""
         ...
 
 
@@ -63,6 +64,7 @@ def make_byte_table(pieces: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
     table = np.zeros((len(pieces), max(1, int(lengths.max(initial=0)))), np.uint8)
     starts = np.cumsum(lengths) - lengths
     table[np.repeat(np.arange(len(pieces)), lengths), np.arange(flat.size) - np.repeat(starts, lengths)] = flat
+    table.flags.writeable = lengths.flags.writeable = False  # shared by every byte_table() call
     return table, lengths
 
 
@@ -112,7 +114,7 @@ class ByteTokenizer:
         return ids_to_bytes(self._table, self._lengths, ids).decode("utf-8", errors="replace")
 
     def byte_table(self) -> tuple[np.ndarray, np.ndarray]:
-        return self._table.copy(), self._lengths.copy()
+        return self._table, self._lengths
 
 
 # --- built-in SentencePiece model ---------------------------------------------------------------------------------
@@ -198,7 +200,7 @@ class SentencePieceTokenizer:
         return self.sp.decode(_check_ids(ids, self.vocab_size, "SentencePieceTokenizer"))
 
     def byte_table(self) -> tuple[np.ndarray, np.ndarray]:
-        return self._table.copy(), self._lengths.copy()
+        return self._table, self._lengths
 
 
 def _model_spec(model_proto: bytes):
@@ -316,7 +318,7 @@ class HFTokenizer:
         return self.hf.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def byte_table(self) -> tuple[np.ndarray, np.ndarray]:
-        return self._table.copy(), self._lengths.copy()
+        return self._table, self._lengths
 
 
 def hf_tokenizer(local_dir, vocab_size: int | None = None) -> HFTokenizer:

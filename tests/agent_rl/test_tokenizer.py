@@ -1,4 +1,5 @@
 """Tokenizers: lossless round trips and the byte-table invariant, for the byte, built-in and Qwen tokenizers."""
+import pathlib
 import re
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from hypothesis import given, settings, strategies as st
 from agent_rl import tokenizer as tok_lib
 from sandbox import protocol
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 # Text that mixes protocol tags (and pieces of them) with arbitrary unicode, leading/trailing/double spaces, newlines.
 _tag_parts = st.sampled_from(protocol.SPECIAL_SYMBOLS + ("<", ">", "|", "<|", "tool_", " ", "  ", "\n", "\t", "▁"))
@@ -254,3 +255,11 @@ def test_qwen_round_trip(qwen, text):
 @given(st.lists(st.integers(0, QWEN_PADDED_VOCAB - 1), max_size=8))
 def test_qwen_byte_table(qwen, ids):
     check_byte_table(qwen, ids)
+
+
+def test_byte_table_is_read_only():
+    table, lengths = tok_lib.ByteTokenizer().byte_table()
+    with pytest.raises(ValueError, match="read-only"):
+        table[0, 0] = 1
+    with pytest.raises(ValueError, match="read-only"):
+        lengths[0] = 0
