@@ -4,7 +4,7 @@ Layout under `workdir`:
   metrics.jsonl   one JSON object per logged step: {"step": 12, "loss": 0.3, "eval/benign_success": 0.9}
   tensorboard/    tensorboardX event files
 
-Resuming: a run restored from the checkpoint at step S passes `resume_step=S`. JSONL lines with
+Resuming: a run restored from the checkpoint at step S calls `resume(S)` before logging. JSONL lines with
 step > S (written after that checkpoint, and about to be recomputed) are dropped, and
 TensorBoard is told to purge events after S, so no step appears twice. Module named
 `metrics_log` so it is never confused with the stdlib or absl `logging`.
@@ -72,31 +72,46 @@ def _to_scalar(name: str, value: Any, step: int) -> float | int:
 class MetricsLogger:
     """Writes scalars per step to `workdir/metrics.jsonl` and `workdir/tensorboard/`.
 
+    A new run logs straight away; a resumed run calls `resume(step)` with the restored
+    checkpoint's step before its first `log`. Logging into a workdir that already has metrics
+    without `resume` is an error, so a run never silently mixes with an old one.
+
     Args:
       workdir: run directory (created if needed).
-      resume_step: None for a new run (an existing non-empty metrics.jsonl is then an error, so
-        a run never silently mixes with an old one); the restored checkpoint's step when resuming.
+      resume_step: same as calling `resume(resume_step)` right away.
     """
 
     def __init__(self, workdir: str | os.PathLike, resume_step: int | None = None, flush_secs: int = 30):
-        workdir = pathlib.Path(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.jsonl_path = workdir / JSONL_NAME
-        if resume_step is None:
-            if self.jsonl_path.exists() and self.jsonl_path.stat().st_size > 0:
-                raise FileExistsError(
-                    f"{self.jsonl_path} already has metrics; pass resume_step=<restored checkpoint step> "
-                    "to continue that run, or use a new workdir")
-            self._last_step = None
-            purge_step = None
-        else:
-            self._last_step = _truncate_jsonl(self.jsonl_path, resume_step)
-            purge_step = resume_step + 1
-        self._writer = SummaryWriter(str(workdir / TENSORBOARD_DIR), purge_step=purge_step,
-                                     flush_secs=flush_secs)
+        self.workdir = pathlib.Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.jsonl_path = self.workdir / JSONL_NAME
+        self._flush_secs = flush_secs
+        self._resumed_at: int | None = None
+        self._last_step: int | None = None
+        self._writer: SummaryWriter | None = None
+        self._file = None
+        if resume_step is not None:
+            self.resume(resume_step)
+
+    def resume(self, step: int) -> None:
+        """Continue the run whose checkpoint at `step` was restored: JSONL records after `step`
+        are dropped and TensorBoard purges the old events after `step`."""
+        if self._file is not None:
+            raise RuntimeError("MetricsLogger.resume must be called before the first log()")
+        self._resumed_at = int(step)
+        self._last_step = _truncate_jsonl(self.jsonl_path, self._resumed_at)
+
+    def _open(self) -> None:
+        if self._resumed_at is None and self.jsonl_path.exists() and self.jsonl_path.stat().st_size > 0:
+            raise FileExistsError(
+                f"{self.jsonl_path} already has metrics; resume(<restored checkpoint step>) to continue "
+                "that run, or use a new workdir")
+        purge_step = None if self._resumed_at is None else self._resumed_at + 1
+        self._writer = SummaryWriter(str(self.workdir / TENSORBOARD_DIR), purge_step=purge_step,
+                                     flush_secs=self._flush_secs)
         self._file = open(self.jsonl_path, "a")
 
-    def write(self, step: int, scalars: Mapping[str, Any]) -> dict[str, Any]:
+    def log(self, step: int, scalars: Mapping[str, Any]) -> dict[str, Any]:
         """Log `scalars` (name -> number or size-1 array, host or device) at `step`.
 
         Steps must increase from call to call. Returns the JSON record written.
@@ -111,19 +126,26 @@ class MetricsLogger:
         record: dict[str, Any] = {"step": step}
         for name, value in scalars.items():
             record[name] = _to_scalar(name, value, step)
-            self._writer.add_scalar(name, record[name], step)
+        if self._file is None:
+            self._open()
+        for name, value in record.items():
+            if name != "step":
+                self._writer.add_scalar(name, value, step)
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         self._last_step = step
         return record
 
     def flush(self) -> None:
-        self._file.flush()
-        self._writer.flush()
+        if self._file is not None:
+            self._file.flush()
+            self._writer.flush()
 
     def close(self) -> None:
-        self._file.close()
-        self._writer.close()
+        if self._file is not None:
+            self._file.close()
+            self._writer.close()
+            self._file = self._writer = None
 
     def __enter__(self) -> "MetricsLogger":
         return self
@@ -132,9 +154,9 @@ class MetricsLogger:
         self.close()
 
 
-def progress_bar(total_steps: int, start_step: int = 0, desc: str = "train") -> tqdm.tqdm:
-    """A tqdm bar over training steps, starting at `start_step` when resuming."""
-    return tqdm.tqdm(total=total_steps, initial=start_step, desc=desc, dynamic_ncols=True)
+def progress(total: int, initial: int = 0, desc: str = "train") -> tqdm.tqdm:
+    """A tqdm bar over training steps, starting at `initial` when resuming."""
+    return tqdm.tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True)
 
 
 def advance(bar: tqdm.tqdm, scalars: Mapping[str, Any], keys: Sequence[str], n: int = 1) -> None:

@@ -31,9 +31,9 @@ def _tb_scalars(workdir):
 
 def test_jsonl_and_tensorboard_content(tmp_path):
     with metrics_log.MetricsLogger(tmp_path) as log:
-        record = log.write(1, {"loss": jnp.float32(0.5), "eval/benign_success": np.array([0.75]),
+        record = log.log(1, {"loss": jnp.float32(0.5), "eval/benign_success": np.array([0.75]),
                                "tokens": jnp.int32(12)})
-        log.write(2, {"loss": 0.25})
+        log.log(2, {"loss": 0.25})
     assert record == {"step": 1, "loss": 0.5, "eval/benign_success": 0.75, "tokens": 12}
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(l) for l in lines] == [
@@ -48,12 +48,13 @@ def test_jsonl_and_tensorboard_content(tmp_path):
 def test_resume_truncates_later_steps(tmp_path):
     with metrics_log.MetricsLogger(tmp_path) as log:
         for step in range(1, 6):
-            log.write(step, {"loss": float(step)})
+            log.log(step, {"loss": float(step)})
     # the run is restored from the checkpoint at step 3: steps 4 and 5 are redone
-    with metrics_log.MetricsLogger(tmp_path, resume_step=3) as log:
+    with metrics_log.MetricsLogger(tmp_path) as log:
+        log.resume(3)
         with pytest.raises(ValueError, match="step 3 is not after the last logged step 3"):
-            log.write(3, {"loss": 0.0})
-        log.write(4, {"loss": 40.0})
+            log.log(3, {"loss": 0.0})
+        log.log(4, {"loss": 40.0})
     records = metrics_log.read_jsonl(tmp_path / "metrics.jsonl")
     assert records == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 2.0}, {"step": 3, "loss": 3.0},
                        {"step": 4, "loss": 40.0}]
@@ -66,7 +67,7 @@ def test_resume_drops_torn_last_line_and_rejects_bad_lines(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1, "loss": 1.0}\n{"step": 2, "lo')
     with metrics_log.MetricsLogger(tmp_path, resume_step=10) as log:
-        log.write(2, {"loss": 2.0})
+        log.log(2, {"loss": 2.0})
     assert metrics_log.read_jsonl(path) == [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 2.0}]
     path.write_text('{"step": 1}\nnot json\n{"step": 2}\n')
     with pytest.raises(ValueError, match="metrics.jsonl:2"):
@@ -75,24 +76,34 @@ def test_resume_drops_torn_last_line_and_rejects_bad_lines(tmp_path):
 
 def test_new_run_refuses_existing_metrics(tmp_path):
     with metrics_log.MetricsLogger(tmp_path) as log:
-        log.write(0, {"loss": 1.0})
-    with pytest.raises(FileExistsError, match="resume_step"):
-        metrics_log.MetricsLogger(tmp_path)
+        log.log(0, {"loss": 1.0})
+    log = metrics_log.MetricsLogger(tmp_path)
+    with pytest.raises(FileExistsError, match="resume"):
+        log.log(0, {"loss": 2.0})
+    log.resume(0)                         # resuming from step 0 keeps step 0 and continues
+    log.log(1, {"loss": 2.0})
+    log.close()
+    log = metrics_log.MetricsLogger(tmp_path, resume_step=1)
+    log.log(2, {"loss": 3.0})
+    with pytest.raises(RuntimeError, match="before the first log"):
+        log.resume(1)
+    log.close()
+    assert [r["step"] for r in metrics_log.read_jsonl(tmp_path / "metrics.jsonl")] == [0, 1, 2]
 
 
 def test_bad_metrics(tmp_path):
     with metrics_log.MetricsLogger(tmp_path) as log:
         with pytest.raises(ValueError, match="'loss' at step 1 is not a scalar"):
-            log.write(1, {"loss": jnp.zeros(3)})
+            log.log(1, {"loss": jnp.zeros(3)})
         with pytest.raises(ValueError, match="reserved"):
-            log.write(1, {"step": 1})
+            log.log(1, {"step": 1})
         with pytest.raises(ValueError, match="non-numeric"):
-            log.write(1, {"name": "x"})
-    assert (tmp_path / "metrics.jsonl").read_text() == ""
+            log.log(1, {"name": "x"})
+    assert not (tmp_path / "metrics.jsonl").exists()   # nothing written by the failed calls
 
 
 def test_progress_bar_shows_keys():
-    bar = metrics_log.progress_bar(10, start_step=4)
+    bar = metrics_log.progress(total=10, initial=4)
     bar.fp = io.StringIO()
     metrics_log.advance(bar, {"loss": jnp.float32(0.123456), "reward/mean": 0.5, "other": 1.0},
                         keys=("loss", "reward/mean", "missing"))
