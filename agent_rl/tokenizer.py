@@ -134,6 +134,8 @@ def sentencepiece_settings(vocab_size: int, model_type: str = "bpe", max_sentenc
         vocab_size=vocab_size, model_type=model_type, byte_fallback=True,
         user_defined_symbols=list(SYMBOLS), normalization_rule_name="identity", add_dummy_prefix=False,
         remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, split_digits=True,
+        # Keep snake_case tool names and argument keys whole: '_' must not split pieces, and names run long.
+        split_by_unicode_script=False, max_sentencepiece_length=24,
         character_coverage=0.9999, max_sentence_length=max_sentence_length,
         unk_id=0, pad_id=1, bos_id=-1, eos_id=-1, unk_surface="",
         num_threads=1, input_sentence_size=0, shuffle_input_sentence=False, minloglevel=2,

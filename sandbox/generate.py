@@ -21,7 +21,7 @@ import random
 from typing import Callable, Iterator, Sequence
 
 from sandbox import catalogue as cat
-from sandbox.protocol import SYSTEM_INSTRUCTIONS, render_tools
+from sandbox.protocol import SYSTEM_INSTRUCTIONS, chat_prefix, render_tools, system_prompt
 from sandbox.spec import INJECTION_STYLES, KINDS, NO_TOOL, SPLITS, Call, ScenarioSpec, Tool
 
 CELLS = tuple((u, t) for u in KINDS for t in KINDS) + (("benign", NO_TOOL), ("malicious", NO_TOOL))
@@ -360,7 +360,8 @@ def corpus(seed: int, n: int | None = None) -> Iterator[str]:
             yield render_tools([t.schema()])
             yield render_tools([t.schema()], style="json")
     for s in generate(seed, "train", n):
-        yield s.user_prompt
+        # The whole prompt as the policy reads it, so the preamble and tool lines get their real frequency.
+        yield chat_prefix(system_prompt([cat.CATALOGUE[t].schema() for t in s.tools]), s.user_prompt)
         for text in (s.tool_response, s.followup_response, s.final_answer, s.refusal):
             if text:
                 yield text

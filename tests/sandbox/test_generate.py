@@ -140,7 +140,7 @@ def test_stats_and_corpus():
     texts = list(gen.corpus(1, 220))
     assert texts == list(gen.corpus(1, 220))
     assert all(isinstance(t, str) and t for t in texts)
-    assert {s.user_prompt for s in specs} <= set(texts)
+    assert all(any(s.user_prompt in t for t in texts) for s in specs)  # inside the rendered prompts
     assert any(t.startswith("bank_transfer(") for t in texts)  # compact schema lines
     assert not any(name in t for t in texts for name in cat.HELDOUT_TOOLS)  # train material only
 
