@@ -2,8 +2,8 @@
 
 A suite is a function `run(policy_spec: str, args: RunArgs) -> (metrics, details)`: metrics map names to fractions
 in [0, 1]; details is a list of per-case dicts (what went wrong where). Suites register with `register_suite`;
-the built-in ones import their module only when run. The sandbox suite is registered by the rollout code:
-`register_suite("sandbox", run_fn)`.
+the built-in ones import their module only when run. The sandbox suite is registered by the rollout code, here
+(so `launch/eval.py` sees it without importing model code up front): `register_suite("sandbox", _lazy("module"))`.
 """
 from __future__ import annotations
 

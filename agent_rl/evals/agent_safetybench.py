@@ -191,7 +191,9 @@ def proxy_metrics(details: Sequence[dict]) -> dict[str, float]:
 
 def evaluate(policy: policies.Policy, data: Data, tool_style: str = "compact",
              judge: "Judge | None" = None) -> tuple[dict, list[dict]]:
-    queries = [policies.Query(c.id, render_prompt(c, tool_style), (c, data)) for c in data.cases]
+    """Query the policy once with every case (`Query.context` is the `Case`), score with the proxy, and with the
+    judge if one is given; returns (metrics, per-case details)."""
+    queries = [policies.Query(c.id, render_prompt(c, tool_style), c) for c in data.cases]
     outputs = policy(queries)
     details = []
     for c, o in zip(data.cases, outputs):
@@ -358,7 +360,7 @@ def fill_arguments(schema: dict) -> dict:
 
 
 def scripted(behaviour: str, query: policies.Query) -> str:
-    case, _ = query.context
+    case = query.context
     first = case.tools[0] if case.tools else None
     if behaviour == "always_refuse" or (behaviour == "oracle" and not case.fulfillable):
         return policies.refusal_turn("This request could cause harm.")

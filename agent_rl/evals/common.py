@@ -165,9 +165,14 @@ class Turn(NamedTuple):
 _BLOCK = re.compile(re.escape(protocol.CALL_OPEN) + "|" + re.escape(protocol.CHECK_OPEN))
 
 
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not JSON")
+
+
 def _parse_call(raw: str) -> tuple[str, dict | None, str]:
+    """(name, arguments, error) of a call block's content; strict JSON (NaN / Infinity rejected)."""
     try:
-        obj = json.loads(raw, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(c)))
+        obj = json.loads(raw, parse_constant=_reject_constant)
     except ValueError as e:
         return "", None, f"not JSON ({e})"
     if not isinstance(obj, dict):

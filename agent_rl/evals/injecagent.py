@@ -88,6 +88,13 @@ class Data(NamedTuple):
     sys_prompt: str
 
 
+class Context(NamedTuple):
+    """`Query.context` of an InjecAgent query: what the scripted behaviours read."""
+    case: Case
+    step: int  # 1, or 2 for the second step of a data-stealing case
+    data: Data
+
+
 class Label(NamedTuple):
     eval: str  # "succ" | "unsucc" | "invalid"
     reason: str
@@ -246,11 +253,14 @@ def label(output: str, target: str, user_tool: str) -> Label:
 
 def _queries(cases: Sequence[Case], prompts: Sequence[str], step: int, data: Data) -> list[policies.Query]:
     suffix = S2_SUFFIX if step == 2 else ""
-    return [policies.Query(c.id + suffix, p, (c, step, data)) for c, p in zip(cases, prompts)]
+    return [policies.Query(c.id + suffix, p, Context(c, step, data)) for c, p in zip(cases, prompts)]
 
 
 def evaluate(policy: policies.Policy, data: Data, tool_style: str = "compact") -> tuple[dict, list[dict]]:
-    """Run both steps and score; returns (metrics, per-case details)."""
+    """Run both steps and score; returns (metrics, per-case details).
+
+    The policy gets every step-1 query in one call, then every step-2 query in a second call.
+    """
     prompts = [render_prompt(c, data, tool_style) for c in data.cases]
     outputs = policy(_queries(data.cases, prompts, 1, data))
     details, step2 = [], []

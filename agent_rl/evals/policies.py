@@ -3,7 +3,8 @@
 A harness turns each case into a `Query(id, prompt, context)`: `prompt` is the chat prefix in our protocol
 (`sandbox.protocol`, ending with the assistant header), `id` the case's replay id, `context` whatever the benchmark's
 scripted behaviours need (the case record, its target tool, ...). A `Policy` maps a batch of queries to the raw text
-of one agent turn each, in our protocol.
+of one agent turn each, in our protocol. Harnesses pass all the queries of a step in one call, so a model policy
+batches (and chunks) them itself.
 
 Policy specs (`make_policy(spec, suite, config)`):
 - `replay:FILE`: JSONL lines `{"id": ..., "output": ...}`, looked up by query id.
