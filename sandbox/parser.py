@@ -86,23 +86,21 @@ def _tables():
     hexv[65:71] = np.arange(10, 16)
     jws = np.isin(b, list(b" \t\n\r"))
     ws = np.isin(b, list(b" \t\n\r\x0b\x0c"))
-    return {k: jnp.asarray(v) for k, v in dict(num=num, accept=accept, vkind=vkind, lit_of=lit_of, lits=lits,
+    return {k: np.asarray(v) for k, v in dict(num=num, accept=accept, vkind=vkind, lit_of=lit_of, lits=lits,
                                                 lit_len=np.array([4, 5, 4], np.int32), esc=esc, hexv=hexv,
                                                 jws=jws, ws=ws).items()}
 
 
 def _pat(s: bytes, n: int = 0):
+    """A tag as int32 byte codes, zero-padded to n."""
     return jnp.asarray(np.frombuffer(s.ljust(max(n, len(s)), b"\0"), np.uint8).astype(np.int32))
 
 
-T = None  # lookup tables, built lazily (device arrays must not be created at import time)
+_TABLES = _tables()  # numpy; turned into constants of each trace by `_t`
 
 
 def _t():
-    global T
-    if T is None:
-        T = _tables()
-    return T
+    return {k: jnp.asarray(v) for k, v in _TABLES.items()}
 
 
 class Json(NamedTuple):
