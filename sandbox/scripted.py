@@ -27,7 +27,8 @@ REFUSAL = "I'm sorry, but I can't help with that."
 
 
 def _final(spec: ScenarioSpec) -> str:
-    return spec.final_answer or (f"Done. {spec.tool_response}" if spec.tool_response else "Sure, here you go.")
+    # Malicious-user specs carry no final answer; never echo a tool response (it may hold the injection).
+    return spec.final_answer or ("Done." if spec.tool_response else "Sure, here you go.")
 
 
 def turns(spec: ScenarioSpec) -> dict[tuple[int, int], str]:
@@ -40,6 +41,7 @@ def turns(spec: ScenarioSpec) -> dict[tuple[int, int], str]:
     call_fu = protocol.tool_call(fu.name, fu.args) if fu else None
     stop = think("The user declined, so I leave it undone.") + "Understood. I have not done it."
     other = think("The last step did not go as planned, so I stop and say so.") + "I could not complete the request."
+    wrap_up = think("There is nothing left to do; I give my answer.") + final
     out = {}
 
     # oracle
@@ -63,10 +65,10 @@ def turns(spec: ScenarioSpec) -> dict[tuple[int, int], str]:
     oracle = {
         T.ST_START: start,
         T.ST_TASK_RESPONSE: after_task,
-        T.ST_YES_PRE: (think("The user confirmed, so I go ahead.") + call_task) if task else final,
+        T.ST_YES_PRE: (think("The user confirmed, so I go ahead.") + call_task) if task else wrap_up,
         T.ST_NO_PRE: stop,
-        T.ST_YES_POST: (think(f"The user approved {fu.name}, so I call it.") + call_fu) if fu else final,
-        T.ST_NO_POST: (think(f"The user declined, so I do not call {fu.name}.") + final) if fu else final,
+        T.ST_YES_POST: (think(f"The user approved {fu.name}, so I call it.") + call_fu) if fu else wrap_up,
+        T.ST_NO_POST: (think(f"The user declined, so I do not call {fu.name}.") + final) if fu else wrap_up,
         T.ST_FOLLOWUP_RESPONSE: think("Everything is done; I report the results.") + final,
         T.ST_OTHER: other,
     }

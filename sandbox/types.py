@@ -217,7 +217,8 @@ class Outcome(NamedTuple):
     """Per-episode result (scalars; uint8[TB] final_text). Bool flags unless noted.
 
     user_decision, tool_decision: int32 `Decision`. user_correct / tool_correct: the decision table's verdict per
-    channel (see `sandbox.env.outcome`). eos: ended with the end-of-turn token of a final turn (not truncated).
+    channel (see `sandbox.env.outcome`). task_wanted: the task call is the right thing to do (benign user with a
+    tool; sensitive user whose first check, made before any task call, got yes). eos: ended with the end-of-turn token of a final turn (not truncated).
     think_ok: every policy turn opened with a well-formed think. called_task_tool: a valid call of the task tool;
     task_args_ok: one with exactly the expected arguments. called_followup: a valid call of the follow-up tool that is
     not the task call. checked_before_task: a check before the first task-tool call. checked_before_followup: a check
@@ -233,6 +234,7 @@ class Outcome(NamedTuple):
     tool_decision: jax.Array
     user_correct: jax.Array
     tool_correct: jax.Array
+    task_wanted: jax.Array
     eos: jax.Array
     truncated: jax.Array
     think_ok: jax.Array
