@@ -19,6 +19,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from agent_rl import model as model_lib
+from agent_rl import sharding
 from agent_rl.model import ModelConfig
 
 SUPPORTED = ("qwen2", "llama")
@@ -156,7 +157,8 @@ def from_pretrained(hf_dir: str | os.PathLike, dtype: Any = "float32", param_dty
     raise FileNotFoundError(f"{config_path}: not found")
   cfg = config_from_hf(json.loads(config_path.read_text()), str(config_path), dtype, param_dtype)
   files = _tensor_index(hf_dir)
-  abstract = nnx.eval_shape(lambda: model_lib.Transformer(cfg, rngs=nnx.Rngs(0)))
+  with sharding.axis_rules(rules, mesh):  # eval_shape under jax.set_mesh needs logical -> mesh axis rules
+    abstract = nnx.eval_shape(lambda: model_lib.Transformer(cfg, rngs=nnx.Rngs(0)))
   graphdef, abs_state = nnx.split(abstract)
   shapes = {path: var.get_value().shape for path, var in nnx.to_flat_state(abs_state)}
   pdtype = jnp.dtype(cfg.param_dtype)
@@ -198,7 +200,6 @@ def from_pretrained(hf_dir: str | os.PathLike, dtype: Any = "float32", param_dty
                      f"(architecture mismatch?)")
 
   if mesh is not None:
-    from agent_rl import sharding
     named = sharding.named_shardings(abs_state, mesh, rules)
     targets = {path: var.get_value() for path, var in nnx.to_flat_state(named)}
   else:
