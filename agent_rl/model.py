@@ -239,20 +239,31 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.
   return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+              k_new: jax.Array | None = None, v_new: jax.Array | None = None,
+              mask_new: jax.Array | None = None) -> jax.Array:
   """Grouped-query attention.
 
   q [B, T, heads, hd], k/v [B, S, kv_heads, hd], mask bool[B, T, S] -> [B, T, heads, hd].
+  Optionally a second key/value block k_new/v_new [B, T', kv_heads, hd] with mask_new [B, T, T'] (the tokens
+  being added to a cache): one softmax runs over both blocks without concatenating the cache.
   Scores and softmax in float32. Masked scores get the most negative finite float, so a query with no visible
   slot (a padding query) averages uniformly instead of producing NaN.
   """
   b, t, h, hd = q.shape
   kvh = k.shape[2]
   q = q.reshape(b, t, kvh, h // kvh, hd)
-  scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / math.sqrt(hd)
-  scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
+  low = jnp.finfo(jnp.float32).min
+  def scores(k, mask):
+    s = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / math.sqrt(hd)
+    return jnp.where(mask[:, None, None], s, low)
+  s = scores(k, mask)
+  if k_new is not None:
+    s = jnp.concatenate([s, scores(k_new, mask_new)], axis=-1)
+  probs = jax.nn.softmax(s, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bskd->btkgd", probs[..., :k.shape[1]], v)
+  if k_new is not None:
+    out = out + jnp.einsum("bkgts,bskd->btkgd", probs[..., k.shape[1]:], v_new)
   return out.reshape(b, t, h, hd)
 
 
@@ -355,30 +366,39 @@ class Transformer(nnx.Module):
       if attn_mask is None:
         attn_mask = _cache_mask(cache.valid, cache.index, jnp.ones((b, t), bool))
     graphdef, block_state = nnx.split(self.blocks)
+    if cache is not None:
+      # The new keys/values attend from a separate block; the cache is only read inside the layer loop and
+      # written once afterwards, so a loop carrying it (generate) can update it in place.
+      slots = jnp.arange(cache.k.shape[2])
+      fresh = (slots >= cache.index) & (slots < cache.index + t)  # slots being overwritten now
+      mask_old = attn_mask & ~fresh
+      mask_new = jax.lax.dynamic_slice_in_dim(attn_mask, cache.index, t, axis=2)
 
-    def layer(carry, xs):
-      x, k_all, v_all = carry
-      state, i = xs
+    def layer(x, xs):
+      state, k_old, v_old = xs
       blk = nnx.merge(graphdef, state)
       h = rms_norm(x, blk.attn_norm[...], cfg.rms_eps)
       q, k, v = blk.attn.qkv(h, positions)
-      if k_all is not None:  # write this layer's new slots, then attend over the whole cache row
-        k_all = jax.lax.dynamic_update_slice(k_all, k[None].astype(k_all.dtype), (i, 0, cache.index, 0, 0))
-        v_all = jax.lax.dynamic_update_slice(v_all, v[None].astype(v_all.dtype), (i, 0, cache.index, 0, 0))
-        k = jax.lax.dynamic_index_in_dim(k_all, i, 0, keepdims=False).astype(dt)
-        v = jax.lax.dynamic_index_in_dim(v_all, i, 0, keepdims=False).astype(dt)
-      x = x + blk.attn.out(attention(q, k, v, attn_mask))
+      if cache is None:
+        y = attention(q, k, v, attn_mask)
+      else:
+        y = attention(q, k_old.astype(dt), v_old.astype(dt), mask_old, k, v, mask_new)
+      x = x + blk.attn.out(y)
       x = x + blk.mlp(rms_norm(x, blk.mlp_norm[...], cfg.rms_eps))
-      return (x, k_all, v_all), None
+      return x, (k, v)
 
     if cfg.remat:
       layer = jax.checkpoint(layer)
     kv = (None, None) if cache is None else (cache.k, cache.v)
-    (x, k_all, v_all), _ = jax.lax.scan(layer, (x, *kv), (block_state, jnp.arange(cfg.n_layers)))
+    x, (k_new, v_new) = jax.lax.scan(layer, x, (block_state, *kv))
+    if cache is not None:
+      write = lambda old, new: jax.lax.dynamic_update_slice(  # noqa: E731
+          old, new.astype(old.dtype), (0, 0, cache.index, 0, 0))
+      cache = cache._replace(k=write(cache.k, k_new), v=write(cache.v, v_new))
     x = rms_norm(x, self.final_norm[...], cfg.rms_eps)
     head = self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]
     logits = jnp.einsum("btd,dv->btv", x, head.astype(dt), preferred_element_type=jnp.float32)
-    return logits, (None if cache is None else cache._replace(k=k_all, v=v_all))
+    return logits, cache
 
 
 def _cache_mask(cache_valid: jax.Array, index: jax.Array, new_valid: jax.Array) -> jax.Array:
