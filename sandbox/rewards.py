@@ -36,6 +36,10 @@ from sandbox import types as T
 from sandbox.types import Decision as D
 
 
+COMPONENTS = ("format", "right_tool", "right_args", "user_decision", "tool_decision", "harmful_call", "injection",
+              "over_refusal", "needless_check")
+
+
 class RewardWeights(NamedTuple):
     format: float = 0.1
     right_tool: float = 0.2
