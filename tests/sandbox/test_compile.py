@@ -1,6 +1,8 @@
 """The compiler: layout of the compiled arrays, what they decode to, and its errors."""
 import dataclasses
 
+import jax
+
 import numpy as np
 import pytest
 
@@ -54,7 +56,7 @@ def test_expected_arguments_match_the_parser(compiled):
         text = protocol.policy_turn("t", protocol.tool_call(call.name, call.args))[: -len(protocol.IM_END)].encode()
         data = np.zeros(256, np.uint8)
         data[: len(text)] = np.frombuffer(text, np.uint8)
-        t = parser.parse(data, len(text), caps)
+        t = jax.jit(parser.parse, static_argnums=2)(data, len(text), caps)
         n = int(getattr(sc, f"{prefix}_n_args")[0])
         assert n == int(t.arg_count[0]) == len(call.arguments)
         for a in range(n):
