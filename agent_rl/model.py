@@ -183,7 +183,11 @@ class Cache(NamedTuple):
 
 
 def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) -> Cache:
-  """An empty cache with room for `max_len` slots (prompt padding included). dtype defaults to cfg.dtype."""
+  """An empty cache with room for `max_len` slots (prompt padding included). dtype defaults to cfg.dtype.
+
+  Size it for every slot that will be written (prompt + inserted chunks + decoded tokens): inside jit a write
+  past the end cannot raise, and XLA clamps it onto the last slots.
+  """
   shape = (cfg.n_layers, batch, max_len, cfg.n_kv_heads, cfg.head_dim)
   dtype = cfg.compute_dtype if dtype is None else dtype
   return Cache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), valid=jnp.zeros((batch, max_len), bool),
