@@ -14,12 +14,17 @@ Two tricks keep it one pass:
   the automaton to its sticky error state, so the stored buffers stay exact for every call judged valid.
 
 Buffers have one spare row (call C, argument slot A) that overflowing writes land in; `finish` slices it off and
-zeroes everything past the lengths, so a `Turn` equals `reference.parse_turn` field for field.
+zeroes everything past the lengths, so a `Turn` equals `reference.parse_turn` field for field. At most one stored
+byte is written per input byte, into one flat array: under vmap a write is a scatter, and scatters dominate the
+cost on CPU, so there is exactly one per byte; small int tables use one-hot selects instead.
 """
 from __future__ import annotations
 
+import functools
+import operator
 from typing import NamedTuple
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,62 +50,50 @@ K_OTHER, K_NAME, K_ARGUMENTS = range(3)
 OBJ, ARR = 1, 2  # stack entries
 
 
-def _tables():
-    b = np.arange(256)
+# Lookups below are comparisons and one-hot selects, not table gathers: under vmap on CPU a gather costs about as
+# much as a hundred elementwise ops.
+def _one_of(b, chars: bytes):
+    return functools.reduce(operator.or_, [b == c for c in chars])
+
+
+def _at(table, i):
+    """table[i] for a short constant table and a traced index (0 when out of range)."""
+    table = np.asarray(table, np.int32)
+    return jnp.where(np.arange(len(table)) == i, table, 0).sum()
+
+
+def _tag(s: bytes) -> np.ndarray:
+    return np.frombuffer(s, np.uint8).astype(np.int32)
+
+
+def _num_next(sub, b):
+    """Next number sub-state after byte b, or -1 when b cannot continue the number."""
     digit = (b >= 48) & (b <= 57)
-    num = np.full((8, 256), -1, np.int32)
-    num[N_MINUS, 48] = N_ZERO
-    num[N_MINUS, 49:58] = N_INT
-    for s in (N_ZERO, N_INT, N_FRAC):
-        num[s, [ord("e"), ord("E")]] = N_E
-    for s in (N_ZERO, N_INT):
-        num[s, ord(".")] = N_DOT
-    num[N_INT, digit] = N_INT
-    num[N_DOT, digit] = N_FRAC
-    num[N_FRAC, digit] = N_FRAC
-    num[N_E, [ord("+"), ord("-")]] = N_ESIGN
-    num[N_E, digit] = N_EXP
-    num[N_ESIGN, digit] = N_EXP
-    num[N_EXP, digit] = N_EXP
-    accept = np.zeros(8, bool)
-    accept[[N_ZERO, N_INT, N_FRAC, N_EXP]] = True
-    vkind = np.zeros(256, np.int32)
-    vkind[ord('"')] = KIND_STRING
-    vkind[ord("-")] = KIND_INTEGER
-    vkind[digit] = KIND_INTEGER
-    vkind[[ord("t"), ord("f")]] = KIND_BOOL
-    vkind[ord("n")] = KIND_NULL
-    vkind[ord("[")] = KIND_ARRAY
-    vkind[ord("{")] = KIND_OBJECT
-    lit_of = np.zeros(256, np.int32)
-    lit_of[[ord("t"), ord("f"), ord("n")]] = [0, 1, 2]
-    lits = np.zeros((3, 5), np.int32)
-    for i, w in enumerate((b"true", b"false", b"null")):
-        lits[i, :len(w)] = list(w)
-    esc = np.full(256, -1, np.int32)
-    for k, v in zip(b'"\\/bfnrt', b'"\\/\b\f\n\r\t'):
-        esc[k] = v
-    hexv = np.full(256, -1, np.int32)
-    hexv[48:58] = np.arange(10)
-    hexv[97:103] = np.arange(10, 16)
-    hexv[65:71] = np.arange(10, 16)
-    jws = np.isin(b, list(b" \t\n\r"))
-    ws = np.isin(b, list(b" \t\n\r\x0b\x0c"))
-    return {k: np.asarray(v) for k, v in dict(num=num, accept=accept, vkind=vkind, lit_of=lit_of, lits=lits,
-                                                lit_len=np.array([4, 5, 4], np.int32), esc=esc, hexv=hexv,
-                                                jws=jws, ws=ws).items()}
+    return jnp.select(
+        [(sub == N_MINUS) & (b == 48), (sub == N_MINUS) & digit,
+         ((sub == N_ZERO) | (sub == N_INT) | (sub == N_FRAC)) & _one_of(b, b"eE"),
+         ((sub == N_ZERO) | (sub == N_INT)) & (b == 46), (sub == N_INT) & digit,
+         ((sub == N_DOT) | (sub == N_FRAC)) & digit, (sub == N_E) & _one_of(b, b"+-"),
+         ((sub == N_E) | (sub == N_ESIGN) | (sub == N_EXP)) & digit],
+        [N_ZERO, N_INT, N_E, N_DOT, N_INT, N_FRAC, N_ESIGN, N_EXP], -1)
 
 
-def _pat(s: bytes, n: int = 0):
-    """A tag as int32 byte codes, zero-padded to n."""
-    return jnp.asarray(np.frombuffer(s.ljust(max(n, len(s)), b"\0"), np.uint8).astype(np.int32))
+def _value_kind(b):
+    """KIND_* of a value starting with byte b (KIND_NONE if none does)."""
+    return jnp.select([b == 34, (b == 45) | ((b >= 48) & (b <= 57)), _one_of(b, b"tf"), b == 110, b == 91, b == 123],
+                      [KIND_STRING, KIND_INTEGER, KIND_BOOL, KIND_NULL, KIND_ARRAY, KIND_OBJECT], KIND_NONE)
 
 
-_TABLES = _tables()  # numpy; turned into constants of each trace by `_t`
+def _escape(b):
+    """The byte a simple escape `\\b` stands for, -1 if b is not one."""
+    return jnp.select([b == k for k in b'"\\/bfnrt'], list(b'"\\/\b\f\n\r\t'), -1)
 
 
-def _t():
-    return {k: jnp.asarray(v) for k, v in _TABLES.items()}
+def _hex(b):
+    return jnp.select([(b >= 48) & (b <= 57), (b >= 97) & (b <= 102), (b >= 65) & (b <= 70)], [b - 48, b - 87, b - 55], -1)
+
+
+LITERALS = np.array([list(b"true\0"), list(b"false"), list(b"null\0")], np.int32)
 
 
 class Json(NamedTuple):
@@ -148,25 +141,36 @@ class Act(NamedTuple):
 
 class Buf(NamedTuple):
     """Stored calls and check (one spare call row and argument slot; see module docstring)."""
+    bytes: jax.Array  # uint8[S]: names [C+1, NB], keys [C+1, A+1, KB], values [C+1, A+1, VB], check [NB] (`_layout`)
     call_valid: jax.Array  # bool[C+1]
     call_overflow: jax.Array  # bool[C+1]
     arg_count: jax.Array  # int32[C+1]
-    call_name: jax.Array  # uint8[C+1, NB]
     name_len: jax.Array  # int32[C+1]
-    arg_key: jax.Array  # uint8[C+1, A+1, KB]
     arg_key_len: jax.Array  # int32[C+1, A+1]
     arg_kind: jax.Array  # int32[C+1, A+1]
-    arg_val: jax.Array  # uint8[C+1, A+1, VB]
     arg_val_len: jax.Array  # int32[C+1, A+1]
-    check_name: jax.Array  # uint8[NB]
     check_len: jax.Array  # int32[]
+    keys: jax.Array  # uint8[A+1, KB]: the current call's keys, for duplicate detection
+    klen: jax.Array  # int32[A+1]: their lengths
 
 
-class ParserState(NamedTuple):
+def _layout(caps: Caps):
+    """Offsets of the regions of `Buf.bytes`: names, keys, values, check, and the total size."""
+    C1, A1 = caps.C + 1, caps.A + 1
+    keys = C1 * caps.NB
+    vals = keys + C1 * A1 * caps.KB
+    check = vals + C1 * A1 * caps.VB
+    return 0, keys, vals, check, check + caps.NB
+
+
+@flax.struct.dataclass
+class ParserState:
+    """The parser's state for one turn; `caps` is static (part of the tree structure, not a leaf)."""
     think: jax.Array  # 0 matching `<think>` at byte 0, 1 inside it, 2 closed (think_ok), 3 no think
     tm: jax.Array  # bytes of `<think>` (think == 0) or `</think>` (think == 1) matched
     act: Act
     buf: Buf
+    caps: Caps = flax.struct.field(pytree_node=False, default=Caps())
 
 
 class Turn(NamedTuple):
@@ -193,12 +197,6 @@ class Turn(NamedTuple):
     arg_val_len: jax.Array  # int32[C, A]: full length
 
 
-def _caps(state: ParserState) -> Caps:
-    b = state.buf
-    return Caps(C=b.call_valid.shape[0] - 1, A=b.arg_kind.shape[1] - 1, NB=b.call_name.shape[1],
-                KB=b.arg_key.shape[2], VB=b.arg_val.shape[2], depth=state.act.json.stack.shape[0])
-
-
 def _z(dtype=i32):
     return jnp.zeros((), dtype)
 
@@ -220,40 +218,54 @@ def _act_init(caps: Caps) -> Act:
 def init(caps: Caps = Caps()) -> ParserState:
     """The state before the first byte of a turn."""
     C, A = caps.C, caps.A
-    buf = Buf(call_valid=jnp.zeros(C + 1, bool), call_overflow=jnp.zeros(C + 1, bool),
-              arg_count=jnp.zeros(C + 1, i32), call_name=jnp.zeros((C + 1, caps.NB), jnp.uint8),
-              name_len=jnp.zeros(C + 1, i32), arg_key=jnp.zeros((C + 1, A + 1, caps.KB), jnp.uint8),
+    if min(caps) < 1:
+        raise ValueError(f"parser.init: every capacity must be >= 1, got {caps}")
+    buf = Buf(bytes=jnp.zeros(_layout(caps)[-1], jnp.uint8), call_valid=jnp.zeros(C + 1, bool),
+              call_overflow=jnp.zeros(C + 1, bool), arg_count=jnp.zeros(C + 1, i32), name_len=jnp.zeros(C + 1, i32),
               arg_key_len=jnp.zeros((C + 1, A + 1), i32), arg_kind=jnp.zeros((C + 1, A + 1), i32),
-              arg_val=jnp.zeros((C + 1, A + 1, caps.VB), jnp.uint8), arg_val_len=jnp.zeros((C + 1, A + 1), i32),
-              check_name=jnp.zeros(caps.NB, jnp.uint8), check_len=_z())
-    return ParserState(think=_z(), tm=_z(), act=_act_init(caps), buf=buf)
+              arg_val_len=jnp.zeros((C + 1, A + 1), i32), check_len=_z(),
+              keys=jnp.zeros((A + 1, caps.KB), jnp.uint8), klen=jnp.zeros(A + 1, i32))
+    return ParserState(think=_z(), tm=_z(), act=_act_init(caps), buf=buf, caps=caps)
 
 
 def _kmp(m, b, pat):
     """Next match count of a tag whose only `<` is its first byte."""
-    return jnp.where(b == pat[m], m + 1, jnp.where(b == 60, 1, 0))
+    return jnp.where(b == _at(pat, m), m + 1, jnp.where(b == 60, 1, 0))
 
 
-def _put(arr, idx, val, cond):
-    """arr[idx] = val where cond (one element; indices already in range)."""
-    return arr.at[idx].set(jnp.where(cond, val, arr[idx]).astype(arr.dtype))
+def _set(arr, idx, val, cond):
+    """arr[idx] = val where cond, for small arrays: a one-hot select (no scatter). idx: one index per axis."""
+    idx = idx if isinstance(idx, tuple) else (idx,)
+    hit = cond
+    for axis, i in enumerate(idx):
+        hit = hit & (jax.lax.broadcasted_iota(i32, arr.shape, axis) == i)
+    return jnp.where(hit, jnp.asarray(val).astype(arr.dtype), arr)
+
+
+def _write(store, off, val, cond):
+    """store[off] = val where cond: the one scatter per byte (an out-of-range index drops it)."""
+    off = jnp.where(cond, off, store.shape[0])
+    return store.at[off].set(jnp.asarray(val).astype(store.dtype), mode="drop", unique_indices=True)
 
 
 def _json_step(j: Json, b, buf: Buf, ci, on, caps: Caps):
-    """One byte through the JSON automaton. Returns the new control state and buffers (writes gated by `on`)."""
-    t = _t()
+    """One byte through the JSON automaton.
+
+    Returns the new control state, the buffers with their small tables updated (gated by `on`), and the byte to
+    store as (cond, offset, value), not yet gated.
+    """
     C, A, NB, KB, VB, D = caps
     in_num = j.mode == M_NUM
-    num_next = t["num"][j.sub, b]
-    acc = t["accept"][j.sub]
+    num_next = _num_next(j.sub, b)
+    acc = (j.sub == N_ZERO) | (j.sub == N_INT) | (j.sub == N_FRAC) | (j.sub == N_EXP)
     num_cont = in_num & (num_next >= 0)
     num_end = in_num & acc & (num_next < 0)
     num_bad = in_num & ~acc & (num_next < 0)
     m = jnp.where(num_end, M_AFTER, j.mode)  # a delimiter ends the number; the same byte is then read as a delimiter
 
-    jws = t["jws"][b]
-    top_obj = j.stack[jnp.clip(j.depth - 1, 0, D - 1)] == OBJ
-    vkind = t["vkind"][b]
+    jws = _one_of(b, b" \t\n\r")
+    top_obj = jnp.where(jnp.arange(D) == j.depth - 1, j.stack, 0).sum() == OBJ
+    vkind = _value_kind(b)
     start_val = ((m == M_VALUE) | (m == M_ARR_FIRST)) & (vkind > 0) & ((j.depth > 0) | (vkind == KIND_OBJECT))
     push = start_val & ((vkind == KIND_ARRAY) | (vkind == KIND_OBJECT))
     push_over = push & (j.depth >= D)
@@ -276,12 +288,12 @@ def _json_step(j: Json, b, buf: Buf, ci, on, caps: Caps):
     str_ctrl = s0 & (b < 0x20)
     str_plain = s0 & ~str_end & ~str_bs & ~str_ctrl
     s1 = in_str & (j.sub == 1)
-    esc_val = t["esc"][b]
+    esc_val = _escape(b)
     esc_simple = s1 & (esc_val >= 0)
     esc_u = s1 & (b == ord("u"))
     esc_bad = s1 & (esc_val < 0) & (b != ord("u"))
     sh = in_str & (j.sub >= 2)
-    hv = t["hexv"][b]
+    hv = _hex(b)
     hex_ok = sh & (hv >= 0)
     hex_bad = sh & (hv < 0)
     uval = j.uval * 16 + hv
@@ -295,9 +307,9 @@ def _json_step(j: Json, b, buf: Buf, ci, on, caps: Caps):
 
     # literals
     in_lit = m == M_LIT
-    lit_ok = in_lit & (b == t["lits"][j.lit, jnp.clip(j.sub, 0, 4)])
+    lit_ok = in_lit & (b == jnp.where((np.arange(3)[:, None] == j.lit) & (np.arange(5) == j.sub), LITERALS, 0).sum())
     lit_bad = in_lit & ~lit_ok
-    lit_done = lit_ok & (j.sub + 1 == t["lit_len"][j.lit])
+    lit_done = lit_ok & (j.sub + 1 == jnp.where(j.lit == 1, 5, 4))
 
     err = (j.mode == M_ERR) | num_bad | struct_bad | push_over | str_ctrl | esc_bad | hex_bad | lit_bad
 
@@ -319,11 +331,11 @@ def _json_step(j: Json, b, buf: Buf, ci, on, caps: Caps):
     free = jnp.minimum(j.n_args, A)
     slots = jnp.arange(A + 1)
     eq0 = jnp.where(start_key, slots < j.n_args, j.eq)
-    stored = buf.arg_key[ci, :, jnp.clip(pos, 0, KB - 1)].astype(i32)
-    eq = jnp.where(emit & ak, eq0 & (pos < KB) & (stored == e), eq0)
+    same = ((buf.keys.astype(i32) == e) & (jnp.arange(KB) == pos)).any(axis=1)  # keys[:, pos] == e
+    eq = jnp.where(emit & ak, eq0 & same, eq0)
     nonascii = jnp.where(start_key, False, j.nonascii) | (emit & ak & (e == MARKER))
     key_end = str_end & ak & ~err
-    dup = eq & (buf.arg_key_len[ci] == j.slen) & (slots < j.n_args)
+    dup = eq & (buf.klen == j.slen) & (slots < j.n_args)
     found = dup.any()
     new_key = key_end & ~found
     full = j.n_args >= A
@@ -331,10 +343,8 @@ def _json_step(j: Json, b, buf: Buf, ci, on, caps: Caps):
 
     # top-level keys: compare with "name" / "arguments"
     tk = (role == R_TOPKEY) & emit
-    name_pat, args_pat = _pat(b"name", 9), _pat(b"arguments")
-    pc = jnp.clip(pos, 0, 8)
-    mname = jnp.where(start_key, True, j.mname) & ~(tk & ((pos >= 4) | (name_pat[pc] != e)))
-    margs = jnp.where(start_key, True, j.margs) & ~(tk & ((pos >= 9) | (args_pat[pc] != e)))
+    mname = jnp.where(start_key, True, j.mname) & ~(tk & ((pos >= 4) | (_at(_tag(b"name"), pos) != e)))
+    margs = jnp.where(start_key, True, j.margs) & ~(tk & ((pos >= 9) | (_at(_tag(b"arguments"), pos) != e)))
     top_key_end = str_end & (role == R_TOPKEY)
     key_role = jnp.where(top_key_end, jnp.where(mname & (j.slen == 4), K_NAME,
                                                 jnp.where(margs & (j.slen == 9), K_ARGUMENTS, K_OTHER)), j.key_role)
@@ -376,45 +386,47 @@ def _json_step(j: Json, b, buf: Buf, ci, on, caps: Caps):
     hi = jnp.where(u_done, u_high, jnp.where(str_plain | esc_simple | start_key | start_val, False, j.hi))
     is_float = jnp.where(start_val, False, j.is_float) | (num_cont & ((b == ord(".")) | (b == ord("e")) | (b == ord("E"))))
 
-    nj = Json(mode=mode, sub=sub, lit=jnp.where(start_val, t["lit_of"][b], j.lit),
+    nj = Json(mode=mode, sub=sub, lit=jnp.where(start_val, jnp.where(b == 116, 0, jnp.where(b == 102, 1, 2)), j.lit),
               uval=jnp.where(esc_u, 0, jnp.where(hex_ok, uval, j.uval)), hi=hi,
               is_key=jnp.where(start_key, True, jnp.where(start_val, False, j.is_key)), role=role, depth=depth,
               stack=stack, args_open=args_open, key_role=key_role, mname=mname, margs=margs, slen=slen,
               nonascii=nonascii, eq=eq, slot=slot, n_args=n_args, name_kind=name_kind, args_kind=args_kind,
               overflow=overflow, is_float=is_float)
 
-    # buffer writes
-    w = emit & on
-    cpos = jnp.clip(pos, 0, None)
-    call_name = _put(buf.call_name, (ci, jnp.minimum(cpos, NB - 1)), e, w & (role == R_NAME) & (pos < NB))
-    arg_key = _put(buf.arg_key, (ci, free, jnp.minimum(cpos, KB - 1)), e, w & ak & (pos < KB))
-    arg_val = _put(buf.arg_val, (ci, j.slot, jnp.minimum(cpos, VB - 1)), e,
-                   w & (role == R_ARGVAL) & (pos < VB))
-    name_len = _put(buf.name_len, ci, j.slen, on & str_end & (role == R_NAME) & ~err)
-    arg_key_len = _put(buf.arg_key_len, (ci, slot_at_key), j.slen, on & new_key)
+    # the byte to store: a name, key or value byte of call ci
+    names0, keys0, vals0, _, _ = _layout(caps)
+    w_name = emit & (role == R_NAME) & (pos < NB)
+    w_key = emit & ak & (pos < KB)
+    w_val = emit & (role == R_ARGVAL) & (pos < VB)
+    off = jnp.select([w_name, w_key], [names0 + ci * NB + pos, keys0 + (ci * (A + 1) + free) * KB + pos],
+                     vals0 + (ci * (A + 1) + j.slot) * VB + pos)
+
+    # small tables
     val_start = start_val & (vrole == R_ARGVAL) & ~err
     val_num_end = num_end & (j.role == R_ARGVAL) & ~err
-    arg_kind = _put(buf.arg_kind, (ci, j.slot),
-                    jnp.where(val_start, vkind, jnp.where(j.is_float, KIND_NUMBER, KIND_INTEGER)),
-                    on & (val_start | val_num_end))
     val_end = (str_end | lit_done) & (role == R_ARGVAL) & ~err
-    arg_val_len = _put(buf.arg_val_len, (ci, j.slot),
-                       jnp.where(val_start, 0, jnp.where(lit_done & (j.lit == 2), 0, jnp.where(lit_done, slen, j.slen))),
-                       on & (val_start | val_num_end | val_end))
-    buf = buf._replace(call_name=call_name, arg_key=arg_key, arg_val=arg_val, name_len=name_len,
-                       arg_key_len=arg_key_len, arg_kind=arg_kind, arg_val_len=arg_val_len)
-    return nj, buf
+    buf = buf._replace(
+        keys=_set(buf.keys, (free, pos), e, on & w_key),
+        klen=_set(buf.klen, slot_at_key, j.slen, on & new_key),
+        name_len=_set(buf.name_len, ci, j.slen, on & str_end & (role == R_NAME) & ~err),
+        arg_key_len=_set(buf.arg_key_len, (ci, slot_at_key), j.slen, on & new_key),
+        arg_kind=_set(buf.arg_kind, (ci, j.slot),
+                      jnp.where(val_start, vkind, jnp.where(j.is_float, KIND_NUMBER, KIND_INTEGER)),
+                      on & (val_start | val_num_end)),
+        arg_val_len=_set(buf.arg_val_len, (ci, j.slot),
+                         jnp.where(val_start | (lit_done & (j.lit == 2)), 0, jnp.where(lit_done, slen, j.slen)),
+                         on & (val_start | val_num_end | val_end)))
+    return nj, buf, (w_name | w_key | w_val, off, e)
 
 
 def _act_step(a: Act, b, buf: Buf, active, caps: Caps):
-    t = _t()
     C, NB = caps.C, caps.NB
     out, incall, incheck = a.block == 0, a.block == 1, a.block == 2
-    ws = t["ws"][b]
+    ws = _one_of(b, b" \t\n\r\x0b\x0c")
 
     # outside blocks: look for the opening tags; bytes of a dropped partial match are text
-    mc = _kmp(a.m_call, b, _pat(CALL_OPEN, 12))
-    mk = _kmp(a.m_check, b, _pat(CHECK_OPEN, 13))
+    mc = _kmp(a.m_call, b, _tag(CALL_OPEN))
+    mk = _kmp(a.m_check, b, _tag(CHECK_OPEN))
     pending, newp = jnp.maximum(a.m_call, a.m_check), jnp.maximum(mc, mk)
     open_call = out & (mc == len(CALL_OPEN))
     open_check = out & (mk == len(CHECK_OPEN))
@@ -422,27 +434,28 @@ def _act_step(a: Act, b, buf: Buf, active, caps: Caps):
     text = out & ~opened & jnp.where(pending > 0, newp <= pending, (newp == 0) & ~ws)
 
     # inside a block: look for its closing tag
-    close_pat = jnp.where(incheck, _pat(CHECK_CLOSE, 14), _pat(CALL_CLOSE, 14))
-    mcl = _kmp(a.m_close, b, close_pat)
+    mcl = jnp.where(incheck, _kmp(a.m_close, b, _tag(CHECK_CLOSE)), _kmp(a.m_close, b, _tag(CALL_CLOSE)))
     close_call = incall & (mcl == len(CALL_CLOSE))
     close_check = incheck & (mcl == len(CHECK_CLOSE))
     lt = b == 60
 
     ci = jnp.minimum(a.n_calls, C)
-    json, buf = _json_step(a.json, b, buf, ci, active & incall, caps)
+    json, buf, (w_json, off_json, e_json) = _json_step(a.json, b, buf, ci, active & incall, caps)
     snap = jax.tree.map(lambda o, s: jnp.where(incall & lt, o, s), a.json, a.snap)
     s = snap
     well = (s.mode == M_AFTER) & (s.depth == 0) & (s.name_kind == KIND_STRING) & (s.args_kind == KIND_OBJECT)
     commit = active & close_call
-    buf = buf._replace(call_valid=_put(buf.call_valid, ci, well & ~s.overflow, commit),
-                       call_overflow=_put(buf.call_overflow, ci, well & s.overflow, commit),
-                       arg_count=_put(buf.arg_count, ci, s.n_args, commit))
+    buf = buf._replace(call_valid=_set(buf.call_valid, ci, well & ~s.overflow, commit),
+                       call_overflow=_set(buf.call_overflow, ci, well & s.overflow, commit),
+                       arg_count=_set(buf.arg_count, ci, s.n_args, commit))
 
     # check block: content stripped of ws; only the first one is stored
     nonws = ~ws
     cstart = a.cstart | nonws
-    buf = buf._replace(check_name=_put(buf.check_name, jnp.minimum(a.clen, NB - 1), b,
-                                       active & incheck & cstart & (a.clen < NB) & (a.n_checks == 0)))
+    w_check = incheck & cstart & (a.clen < NB) & (a.n_checks == 0)
+    check0 = _layout(caps)[3]
+    buf = buf._replace(bytes=_write(buf.bytes, jnp.where(incall, off_json, check0 + a.clen), jnp.where(incall, e_json, b),
+                                    active & ((incall & w_json) | w_check)))
     clen = a.clen + cstart
     clast = jnp.where(nonws, clen, a.clast)
     csnap = jnp.where(incheck & lt, jnp.stack([a.cstart.astype(i32), a.clen, a.clast]), a.csnap)
@@ -462,13 +475,13 @@ def _act_step(a: Act, b, buf: Buf, active, caps: Caps):
 
 def _step(state: ParserState, byte, active) -> ParserState:
     """One byte; with `active` False the state is unchanged (masked feeding)."""
-    caps = _caps(state)
+    caps = state.caps
     b = jnp.asarray(byte).astype(i32)
     active = jnp.asarray(active, bool)
-    think_open, think_close = _pat(THINK_OPEN, 8), _pat(THINK_CLOSE, 9)
+    think_open, think_close = _tag(THINK_OPEN), _tag(THINK_CLOSE)
     th, tm = state.think, state.tm
     t0 = th == 0
-    ok0 = b == think_open[jnp.clip(tm, 0, 7)]
+    ok0 = b == _at(think_open, tm)
     tm1 = _kmp(tm, b, think_close)
     closes = (th == 1) & (tm1 == len(THINK_CLOSE))
     new_th = jnp.where(t0, jnp.where(ok0, jnp.where(tm == len(THINK_OPEN) - 1, 1, 0), 3), jnp.where(closes, 2, th))
@@ -479,7 +492,7 @@ def _step(state: ParserState, byte, active) -> ParserState:
     new = (new_th, new_tm, act)
     old = (th, tm, state.act)
     new_th, new_tm, act = jax.tree.map(lambda n, o: jnp.where(active, n, o), new, old)
-    return ParserState(think=new_th, tm=new_tm, act=act, buf=buf)
+    return ParserState(think=new_th, tm=new_tm, act=act, buf=buf, caps=caps)
 
 
 def feed(state: ParserState, byte) -> ParserState:
@@ -495,9 +508,13 @@ def feed_bytes(state: ParserState, data, n) -> ParserState:
 
 def finish(state: ParserState) -> Turn:
     """The parsed turn after the last byte (the end-of-turn token itself is not fed)."""
-    caps = _caps(state)
+    caps = state.caps
     C, A = caps.C, caps.A
     a, b = state.act, state.buf
+    _, keys0, vals0, check0, _ = _layout(caps)
+    call_name_b = b.bytes[:keys0].reshape(C + 1, caps.NB)[:C]
+    arg_key_b = b.bytes[keys0:vals0].reshape(C + 1, A + 1, caps.KB)[:C, :A]
+    arg_val_b = b.bytes[vals0:check0].reshape(C + 1, A + 1, caps.VB)[:C, :A]
     unclosed = a.block != 0
     too_many = a.n_calls > C
     has_check = a.n_checks > 0
@@ -518,14 +535,14 @@ def finish(state: ParserState) -> Turn:
         think_ok=state.think == 2,
         has_text=a.has_text | ((a.block == 0) & (jnp.maximum(a.m_call, a.m_check) > 0)),
         unclosed=unclosed, n_calls=a.n_calls, too_many_calls=too_many, n_checks=a.n_checks, has_check=has_check,
-        check_name=bytes_upto(b.check_name, check_len, has_check), check_name_len=check_len,
+        check_name=bytes_upto(b.bytes[check0:], check_len, has_check), check_name_len=check_len,
         malformed=unclosed | too_many | (a.n_checks > 1),
         call_valid=valid, call_overflow=present & b.call_overflow[:C],
-        call_name=bytes_upto(b.call_name[:C], name_len, valid[:, None]), call_name_len=name_len,
+        call_name=bytes_upto(call_name_b, name_len, valid[:, None]), call_name_len=name_len,
         arg_count=arg_count,
-        arg_key=bytes_upto(b.arg_key[:C, :A], key_len, in_slot[..., None]), arg_key_len=key_len,
+        arg_key=bytes_upto(arg_key_b, key_len, in_slot[..., None]), arg_key_len=key_len,
         arg_kind=jnp.where(in_slot, b.arg_kind[:C, :A], 0),
-        arg_val=bytes_upto(b.arg_val[:C, :A], val_len, in_slot[..., None]), arg_val_len=val_len,
+        arg_val=bytes_upto(arg_val_b, val_len, in_slot[..., None]), arg_val_len=val_len,
     )
 
 

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from sandbox import parser
@@ -396,14 +396,19 @@ def _batch(hand, seed, size):
     return list(hand) + [random_turn(rng) for _ in range(size - len(hand))]
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+# No shrinking: a failure names the offending turn itself, and shrinking 500-turn batches takes minutes.
+BATCHED = dict(deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+               suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+@settings(max_examples=25, **BATCHED)
 @given(hand=st.lists(hypothesis_turns, max_size=40), seed=st.integers(0, 2**32 - 1))
 def test_agrees_with_reference(hand, seed):
     """25 examples x 500 turns = 12,500 turns, each batch one call of the jitted, vmapped parser."""
     assert_agree(_batch(hand, seed, 500))
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=8, **BATCHED)
 @given(hand=st.lists(hypothesis_turns, max_size=40), seed=st.integers(0, 2**32 - 1))
 def test_agrees_with_reference_tiny_caps(hand, seed):
     assert_agree(_batch(hand, seed, 500), TINY)
