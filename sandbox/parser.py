@@ -113,7 +113,7 @@ class Json(NamedTuple):
     margs: jax.Array  # bool: ... of "arguments"
     slen: jax.Array  # canonical bytes of the current string / scalar so far
     nonascii: jax.Array  # bool: the argument key being read has a marker byte
-    eq: jax.Array  # bool[A+1]: the argument key being read equals slot s's key so far
+    kreg: jax.Array  # uint32[ceil(KB/4)]: the argument key being read, 4 bytes a word, zero past its end
     slot: jax.Array  # argument slot the current value goes to
     n_args: jax.Array  # distinct argument keys
     name_kind: jax.Array  # KIND_* of the last "name" value
@@ -150,8 +150,12 @@ class Buf(NamedTuple):
     arg_kind: jax.Array  # int32[C+1, A+1]
     arg_val_len: jax.Array  # int32[C+1, A+1]
     check_len: jax.Array  # int32[]
-    keys: jax.Array  # uint8[A+1, KB]: the current call's keys, for duplicate detection
+    kslot: jax.Array  # uint32[A+1, ceil(KB/4)]: the current call's keys packed as `Json.kreg`, for duplicates
     klen: jax.Array  # int32[A+1]: their lengths
+
+
+def _words(caps: Caps) -> int:
+    return -(-caps.KB // 4)
 
 
 def _layout(caps: Caps):
@@ -205,7 +209,7 @@ def _json_init(caps: Caps) -> Json:
     f = _z(bool)
     return Json(mode=_z(), sub=_z(), lit=_z(), uval=_z(), hi=f, is_key=f, role=_z(), depth=_z(),
                 stack=jnp.zeros(caps.depth, i32), args_open=f, key_role=_z(), mname=f, margs=f, slen=_z(),
-                nonascii=f, eq=jnp.zeros(caps.A + 1, bool), slot=_z(), n_args=_z(), name_kind=_z(), args_kind=_z(),
+                nonascii=f, kreg=jnp.zeros(_words(caps), jnp.uint32), slot=_z(), n_args=_z(), name_kind=_z(), args_kind=_z(),
                 overflow=f, is_float=f)
 
 
@@ -224,7 +228,7 @@ def init(caps: Caps = Caps()) -> ParserState:
               call_overflow=jnp.zeros(C + 1, bool), arg_count=jnp.zeros(C + 1, i32), name_len=jnp.zeros(C + 1, i32),
               arg_key_len=jnp.zeros((C + 1, A + 1), i32), arg_kind=jnp.zeros((C + 1, A + 1), i32),
               arg_val_len=jnp.zeros((C + 1, A + 1), i32), check_len=_z(),
-              keys=jnp.zeros((A + 1, caps.KB), jnp.uint8), klen=jnp.zeros(A + 1, i32))
+              kslot=jnp.zeros((A + 1, _words(caps)), jnp.uint32), klen=jnp.zeros(A + 1, i32))
     return ParserState(think=_z(), tm=_z(), act=_act_init(caps), buf=buf, caps=caps)
 
 
@@ -326,16 +330,16 @@ def _json_step(j: Json, b, buf: Buf, ci, on, caps: Caps):
     pos = jnp.where(start_val | start_key, 0, j.slen)
     slen = pos + emit
 
-    # argument keys: compare with stored keys byte by byte, resolve the slot at the closing quote
+    # argument keys: packed into words, compared with the call's earlier keys at the closing quote
     ak = role == R_ARGKEY
     free = jnp.minimum(j.n_args, A)
     slots = jnp.arange(A + 1)
-    eq0 = jnp.where(start_key, slots < j.n_args, j.eq)
-    same = ((buf.keys.astype(i32) == e) & (jnp.arange(KB) == pos)).any(axis=1)  # keys[:, pos] == e
-    eq = jnp.where(emit & ak, eq0 & same, eq0)
+    kreg = jnp.where(start_key, jnp.uint32(0), j.kreg)
+    kreg = kreg | jnp.where(emit & ak & (pos < KB) & (jnp.arange(kreg.shape[0]) == pos // 4),
+                            e.astype(jnp.uint32) << (8 * (pos % 4)).astype(jnp.uint32), jnp.uint32(0))
     nonascii = jnp.where(start_key, False, j.nonascii) | (emit & ak & (e == MARKER))
     key_end = str_end & ak & ~err
-    dup = eq & (buf.klen == j.slen) & (slots < j.n_args)
+    dup = (buf.kslot == j.kreg).all(axis=1) & (buf.klen == j.slen) & (slots < j.n_args)
     found = dup.any()
     new_key = key_end & ~found
     full = j.n_args >= A
@@ -390,7 +394,7 @@ def _json_step(j: Json, b, buf: Buf, ci, on, caps: Caps):
               uval=jnp.where(esc_u, 0, jnp.where(hex_ok, uval, j.uval)), hi=hi,
               is_key=jnp.where(start_key, True, jnp.where(start_val, False, j.is_key)), role=role, depth=depth,
               stack=stack, args_open=args_open, key_role=key_role, mname=mname, margs=margs, slen=slen,
-              nonascii=nonascii, eq=eq, slot=slot, n_args=n_args, name_kind=name_kind, args_kind=args_kind,
+              nonascii=nonascii, kreg=kreg, slot=slot, n_args=n_args, name_kind=name_kind, args_kind=args_kind,
               overflow=overflow, is_float=is_float)
 
     # the byte to store: a name, key or value byte of call ci
@@ -406,7 +410,7 @@ def _json_step(j: Json, b, buf: Buf, ci, on, caps: Caps):
     val_num_end = num_end & (j.role == R_ARGVAL) & ~err
     val_end = (str_end | lit_done) & (role == R_ARGVAL) & ~err
     buf = buf._replace(
-        keys=_set(buf.keys, (free, pos), e, on & w_key),
+        kslot=jnp.where((slots[:, None] == slot_at_key) & on & new_key, j.kreg, buf.kslot),
         klen=_set(buf.klen, slot_at_key, j.slen, on & new_key),
         name_len=_set(buf.name_len, ci, j.slen, on & str_end & (role == R_NAME) & ~err),
         arg_key_len=_set(buf.arg_key_len, (ci, slot_at_key), j.slen, on & new_key),
