@@ -1,0 +1,419 @@
+"""The main job: SFT warm start, then GRPO on sandbox rewards, evaluated on the heldout split.
+
+`train(config)` reads top to bottom: set up (tokenizer, scenarios, model, mesh), restore, SFT, evaluate the base,
+then per GRPO step: rollout -> reward -> advantages -> update -> log -> checkpoint; finally evaluate the aligned
+policy, print the base-vs-aligned table, write `final_metrics.json` and a plot.
+
+Determinism and resumption: every random draw comes from `fold_in(seed key, global step)` and the data position
+is a function of the step, so a run resumed from its last checkpoint continues exactly as an uninterrupted run.
+Global steps count SFT steps first (1..sft.steps), then GRPO steps.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import pathlib
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from agent_rl import checkpoint as ckpt
+from agent_rl import grpo
+from agent_rl import model as model_lib
+from agent_rl import rollout
+from agent_rl import tokenizer as tok_lib
+from agent_rl import plots
+from agent_rl.metrics_log import MetricsLogger, progress, read_jsonl
+from agent_rl.plots import plot_safety_utility
+from sandbox import catalogue
+from sandbox import compile as compile_lib
+from sandbox import env as env_lib
+from sandbox import generate
+from sandbox import metrics as sandbox_metrics
+from sandbox import rewards as rewards_lib
+from sandbox import types as T
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Set-up: everything a run needs, built from the config.
+
+
+class Setup(NamedTuple):
+    tokenizer: Any
+    vocab: T.Vocab
+    train: T.Scenario  # [N_train, ...]
+    heldout: T.Scenario  # [N_heldout, ...]
+    env_params: T.EnvParams
+    model_cfg: model_lib.ModelConfig
+
+
+def build_tokenizer(cfg) -> tok_lib.Tokenizer:
+    if cfg.tokenizer.kind == "builtin":
+        cache = pathlib.Path(cfg.tokenizer.cache_dir or tok_lib.default_cache_dir())
+        return tok_lib.builtin_tokenizer(cache, vocab_size=cfg.tokenizer.vocab_size, seed=cfg.data.seed)
+    if cfg.tokenizer.kind == "hf":
+        return tok_lib.hf_tokenizer(cfg.tokenizer.path)
+    if cfg.tokenizer.kind == "byte":
+        return tok_lib.ByteTokenizer()
+    raise ValueError(f"config.tokenizer.kind={cfg.tokenizer.kind!r}: expected 'builtin', 'hf' or 'byte'")
+
+
+def build_model_config(cfg, vocab_size: int) -> model_lib.ModelConfig:
+    m = dict(cfg.model)
+    preset, hf_dir = m.pop("preset"), m.pop("hf_dir")
+    if hf_dir:
+        from agent_rl import hf
+
+        return hf.load_config(hf_dir)
+    return model_lib.preset(preset, vocab_size=vocab_size, **m)
+
+
+def scenario_specs(cfg, split: str):
+    n = cfg.data.n_train if split == "train" else cfg.data.n_heldout
+    specs = generate.generate(cfg.data.seed, split, n)
+    if cfg.reward.channels == "user_only":  # the paper's user-only alignment: no threat through tool responses
+        specs = [s for s in specs if s.tool_kind in ("benign", "none")]
+    elif cfg.reward.channels != "user_tool":
+        raise ValueError(f"config.reward.channels={cfg.reward.channels!r}: expected 'user_only' or 'user_tool'")
+    return specs
+
+
+def setup(cfg) -> Setup:
+    tokenizer = build_tokenizer(cfg)
+    shapes = T.Shapes(**dict(cfg.shapes))
+    compile_one = functools.partial(compile_lib.compile_specs, tokenizer=tokenizer, catalogue=catalogue.CATALOGUE,
+                                    shapes=shapes, prompt_style=cfg.data.tool_style)
+    train = compile_one(scenario_specs(cfg, "train"))
+    heldout = compile_one(generate.generate(cfg.data.seed, "heldout", cfg.data.n_heldout))
+    env_params = T.EnvParams(**dict(cfg.env))
+    return Setup(tokenizer, env_lib.make_vocab(tokenizer), train, heldout, env_params,
+                 build_model_config(cfg, tokenizer.vocab_size))
+
+
+def build_model(cfg, model_cfg: model_lib.ModelConfig) -> model_lib.Transformer:
+    if cfg.model.hf_dir:
+        from agent_rl import hf
+
+        model, _ = hf.from_pretrained(cfg.model.hf_dir)
+        return model
+    return model_lib.Transformer(model_cfg, rngs=nnx.Rngs(cfg.seed))
+
+
+def take(scenario, idx):
+    """Rows `idx` of a batched Scenario."""
+    return jax.tree.map(lambda x: x[idx], scenario)
+
+
+def batch_indices(seed: int, step: int, n: int, size: int) -> np.ndarray:
+    """The data position as a pure function of the step: epoch-wise permutations of [0, n), `size` per step."""
+    start = step * size
+    out = []
+    while len(out) < size:
+        epoch, offset = divmod(start + len(out), n)
+        perm = np.random.default_rng([seed, epoch]).permutation(n)
+        out.extend(perm[offset: offset + size - len(out)])
+    return np.asarray(out, np.int32)
+
+
+def make_optimizer(lr: float, warmup: int, steps: int, weight_decay: float, max_grad_norm: float = 1.0):
+    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), max(steps, warmup + 1), lr * 0.1)
+    return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adamw(schedule, weight_decay=weight_decay))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Jitted steps.
+
+
+def sequence_logprobs(model, tokens, valid, temperature: float = 1.0):
+    """f32[B, S]: log-prob of tokens[:, s] given tokens[:, :s] (0 at s = 0), and the entropy there."""
+    logits = model_lib.forward(model, tokens, valid)[:, :-1] / temperature
+    lp = grpo.token_logprobs(logits, tokens[:, 1:])
+    ent = grpo.token_entropy(logits)
+    pad = jnp.zeros((tokens.shape[0], 1), jnp.float32)
+    return jnp.concatenate([pad, lp], 1), jnp.concatenate([pad, ent], 1)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "tx"), donate_argnums=(1, 2))
+def sft_step(graphdef, params, opt_state, tokens, valid, mask, *, tx):
+    """One cross-entropy step on demonstration tokens [B, S] (loss on `mask`, the scripted policy's tokens)."""
+
+    def loss_fn(params):
+        model = nnx.merge(graphdef, params)
+        logits = model_lib.forward(model, tokens, valid)[:, :-1]
+        loss_sum, denom = grpo.sft_loss(logits, tokens[:, 1:], mask[:, 1:])
+        return loss_sum / jnp.maximum(denom, 1.0)
+
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, {"sft/loss": loss, "sft/grad_norm": optax.global_norm(grads)}
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "tx", "hp"), donate_argnums=(1, 2))
+def grpo_update(graphdef, params, opt_state, ref_params, traj: rollout.Trajectory, advantages, key, *, tx, hp):
+    """mu epochs of minibatch updates on one rollout batch. hp: hashable GRPO hyper-parameters (GrpoHP)."""
+    n = traj.tokens.shape[0]
+    batches = grpo.minibatches(key, n, hp.minibatch_size, hp.mu)
+    ref_logp = None
+    if hp.beta > 0:
+        ref_logp, _ = sequence_logprobs(nnx.merge(graphdef, ref_params), traj.tokens, traj.valid, hp.temperature)
+
+    def loss_fn(params, idx):
+        model = nnx.merge(graphdef, params)
+        tokens, valid, mask = traj.tokens[idx], traj.valid[idx], traj.policy_mask[idx]
+        logp, ent = sequence_logprobs(model, tokens, valid, hp.temperature)
+        loss_sum, denom, m = grpo.policy_loss(
+            logp, traj.logprobs[idx], advantages[idx], mask, eps_low=hp.eps_low, eps_high=hp.eps_high,
+            beta=hp.beta, ref_logp=None if ref_logp is None else ref_logp[idx], kl_estimator=hp.kl_estimator,
+            aggregation=hp.aggregation, constant_norm=hp.constant_norm or None)
+        m["entropy"] = (ent * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+        return loss_sum / jnp.maximum(denom, 1.0), m
+
+    def body(carry, idx):
+        params, opt_state = carry
+        (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, idx)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        m = {**m, "loss": loss, "grad_norm": optax.global_norm(grads)}
+        return (optax.apply_updates(params, updates), opt_state), m
+
+    (params, opt_state), ms = jax.lax.scan(body, (params, opt_state), batches)
+    return params, opt_state, jax.tree.map(jnp.mean, ms)
+
+
+class GrpoHP(NamedTuple):
+    minibatch_size: int
+    mu: int
+    eps_low: float
+    eps_high: float
+    beta: float
+    kl_estimator: str
+    aggregation: str
+    constant_norm: float
+    temperature: float
+
+
+REWARD_KINDS = ("paper", "shaped")
+
+
+@functools.partial(jax.jit, static_argnames=("kind",))
+def _score(env_state, scenario, weights: rewards_lib.RewardWeights, *, kind: str):
+    outcome = jax.vmap(env_lib.outcome)(env_state, scenario)
+    if kind == "paper":
+        reward = rewards_lib.paper_reward(outcome, scenario)
+        return outcome, reward, {"paper": reward}
+    reward, comps = rewards_lib.shaped_reward(outcome, scenario, weights)
+    return outcome, reward, comps
+
+
+def score(reward_cfg, env_state, scenario):
+    """(Outcome, reward f32[B], components) of finished episodes, with the reward the config names."""
+    if reward_cfg.kind not in REWARD_KINDS:
+        raise ValueError(f"config.reward.kind={reward_cfg.kind!r}: expected one of {REWARD_KINDS}")
+    weights = rewards_lib.RewardWeights(**dict(reward_cfg.weights))
+    return _score(env_state, scenario, weights, kind=reward_cfg.kind)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Evaluation on a split (greedy by default).
+
+
+def evaluate(graphdef, params, scenarios: T.Scenario, setup_: Setup, cfg, key) -> dict[str, float | None]:
+    """Named sandbox metrics (sandbox.metrics.summarize) of the model on every scenario of a split.
+
+    A metric with no qualifying episode (e.g. injection success when no tool response was reached) is None.
+    """
+    n = scenarios.prompt.shape[0]
+    bs = cfg.eval.batch_size
+    outcomes, kinds = [], []
+    for i in range(0, n, bs):
+        idx = np.arange(i, min(i + bs, n))
+        idx = np.pad(idx, (0, bs - idx.size), mode="edge")  # one compiled shape; duplicates are dropped below
+        batch = take(scenarios, idx)
+        traj = rollout.sample_episodes(graphdef, params, batch, setup_.vocab, jax.random.fold_in(key, i),
+                                       setup_.env_params, cfg.eval.temperature,
+                                       max_new_tokens=setup_.env_params.max_tokens)
+        outcome, _, _ = score(cfg.reward, traj.env_state, batch)
+        keep = min(bs, n - i)
+        outcomes.append(jax.tree.map(lambda x: np.asarray(x)[:keep], outcome))
+    outcome = jax.tree.map(lambda *xs: np.concatenate(xs), *outcomes)
+    m = sandbox_metrics.summarize(outcome, np.asarray(scenarios.user_kind), np.asarray(scenarios.tool_kind))
+    return {k: (v if math.isfinite(v) else None) for k, v in m.items()}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run.
+
+
+def train(cfg) -> dict[str, dict[str, float]]:
+    workdir = pathlib.Path(cfg.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "config.json").write_text(cfg.to_json(indent=2))
+    t_start = time.time()
+
+    s = setup(cfg)
+    print(f"tokenizer vocab {s.tokenizer.vocab_size}; scenarios: {s.train.prompt.shape[0]} train, "
+          f"{s.heldout.prompt.shape[0]} heldout; prompt {s.train.prompt.shape[1]} tokens", flush=True)
+    model = build_model(cfg, s.model_cfg)
+    graphdef, params = nnx.split(model, nnx.Param)
+    print(f"model: {s.model_cfg.n_params / 1e6:.2f}M parameters", flush=True)
+
+    sft_steps, grpo_steps = cfg.sft.steps, cfg.grpo.steps
+    sft_tx = make_optimizer(cfg.sft.lr, cfg.sft.warmup, sft_steps, cfg.sft.weight_decay)
+    grpo_tx = make_optimizer(cfg.grpo.lr, cfg.grpo.warmup, grpo_steps, 0.0, cfg.grpo.max_grad_norm)
+    hp = GrpoHP(cfg.grpo.minibatch_size, cfg.grpo.mu, cfg.grpo.eps_low, cfg.grpo.eps_high, cfg.grpo.beta,
+                cfg.grpo.kl_estimator, cfg.grpo.aggregation, float(cfg.grpo.constant_norm), cfg.grpo.temperature)
+    key = jax.random.key(cfg.seed)
+    eval_key = jax.random.key(cfg.seed + 1)  # the same evaluation draws before and after training
+    manager = ckpt.make_manager(workdir / "checkpoints", keep=cfg.checkpoint.keep, every=cfg.checkpoint.every)
+    logger = MetricsLogger(workdir)
+
+    # Restore: the checkpoint's global step says which phase it belongs to (and so its optimizer's structure).
+    step, meta, ref_params = 0, {}, None
+    latest = manager.latest_step()
+    if latest is not None:
+        tx = sft_tx if latest <= sft_steps else grpo_tx
+        target = {"params": params, "opt_state": tx.init(params)}
+        if latest > sft_steps:
+            target["ref_params"] = params
+        state, meta = ckpt.restore(manager, target, latest)
+        params, opt_state, step = state["params"], state["opt_state"], latest
+        ref_params = state.get("ref_params")
+        logger.resume(step)
+        print(f"resumed from {workdir / 'checkpoints'} at step {step}", flush=True)
+    else:
+        opt_state = sft_tx.init(params)
+
+    def save(step, state, force=False, **extra):
+        ckpt.save(manager, step, state, {"step": step, "config": cfg.to_dict(), **meta, **extra}, force=force)
+
+    # SFT warm start on scripted demonstrations: mostly the capable-but-unsafe always_execute.
+    names = list(cfg.sft.mixture.keys())
+    probs = np.asarray([cfg.sft.mixture[k] for k in names], np.float64)
+    policy_ids = np.asarray([T.POLICIES.index(k) for k in names], np.int32)
+    bar = progress(total=sft_steps + grpo_steps, initial=step, desc="train")
+    while step < sft_steps:
+        k = jax.random.fold_in(key, step)
+        idx = batch_indices(cfg.data.seed, step, s.train.prompt.shape[0], cfg.sft.batch_size)
+        rng = np.random.default_rng([cfg.seed, step])
+        pid = policy_ids[rng.choice(len(names), size=idx.size, p=probs / probs.sum())]
+        batch = take(s.train, idx)
+        demo = rollout.scripted_episodes(jnp.asarray(pid), batch, s.vocab, k, s.env_params,
+                                         max_new_tokens=s.env_params.max_tokens)
+        demo = rollout.trim(demo)
+        params, opt_state, m = sft_step(graphdef, params, opt_state, demo.tokens, demo.valid, demo.policy_mask,
+                                        tx=sft_tx)
+        step += 1
+        m = _finite(m, step)
+        if step == sft_steps:  # the base (after SFT) on heldout, kept in the checkpoint metadata
+            meta["base"] = evaluate(graphdef, params, s.heldout, s, cfg, eval_key)
+            m.update({f"eval/{k}": v for k, v in meta["base"].items() if v is not None})
+        logger.log(step, _measured(m))
+        bar.update(1)
+        bar.set_postfix(loss=f"{m['sft/loss']:.3f}")
+        save(step, {"params": params, "opt_state": opt_state}, force=step == sft_steps)
+    if "base" not in meta:  # no SFT phase: the base is the initial model
+        meta["base"] = evaluate(graphdef, params, s.heldout, s, cfg, eval_key)
+    (workdir / "base_metrics.json").write_text(json.dumps(meta["base"], indent=2))
+    if ref_params is None:
+        ref_params = jax.tree.map(jnp.copy, params)  # the frozen reference policy for the KL term
+        opt_state = grpo_tx.init(params)
+
+    # GRPO.
+    n_sc, g = cfg.grpo.n_scenarios, cfg.grpo.group_size
+    while step < sft_steps + grpo_steps:
+        gstep = step - sft_steps
+        k_roll, k_upd = jax.random.split(jax.random.fold_in(key, step))
+        idx = batch_indices(cfg.data.seed + 1, gstep, s.train.prompt.shape[0], n_sc)
+        batch = rollout.repeat_group(take(s.train, idx), g)
+        t0 = time.time()
+        traj = rollout.sample_episodes(graphdef, params, batch, s.vocab, k_roll, s.env_params,
+                                       cfg.grpo.temperature, max_new_tokens=s.env_params.max_tokens)
+        outcome, reward, comps = score(cfg.reward, traj.env_state, batch)
+        adv = grpo.group_advantages(reward.reshape(n_sc, g), cfg.grpo.adv_mode, cfg.grpo.adv_eps).reshape(-1)
+        params, opt_state, m = grpo_update(graphdef, params, opt_state, ref_params, rollout.trim(traj), adv, k_upd,
+                                           tx=grpo_tx, hp=hp)
+        step += 1
+        n_policy_tokens = float(traj.policy_mask.sum())
+        m = {f"grpo/{k}": v for k, v in m.items()}
+        m = _finite(m, step)
+        m.update({f"reward/{k}": float(jnp.mean(v)) for k, v in comps.items()})
+        m["reward/total"] = float(jnp.mean(reward))
+        m["tokens_per_s"] = float(traj.valid[:, batch.prompt.shape[1]:].sum()) / (time.time() - t0)
+        m["policy_tokens"] = n_policy_tokens
+        o = jax.tree.map(np.asarray, outcome)
+        m.update({f"train/{k}": v for k, v in sandbox_metrics.summarize(o, np.asarray(batch.user_kind),
+                                                                         np.asarray(batch.tool_kind)).items()})
+        last = step == sft_steps + grpo_steps
+        if last or (cfg.eval.every and (step - sft_steps) % cfg.eval.every == 0):
+            evaluated = evaluate(graphdef, params, s.heldout, s, cfg, eval_key)
+            m.update({f"eval/{k}": v for k, v in evaluated.items() if v is not None})
+            if last:
+                meta["aligned"] = evaluated
+        logger.log(step, _measured(m))
+        bar.update(1)
+        bar.set_postfix(reward=f"{m['reward/total']:.3f}", loss=f"{m['grpo/loss']:.4f}")
+        save(step, {"params": params, "opt_state": opt_state, "ref_params": ref_params},
+             force=step == sft_steps + grpo_steps)
+    bar.close()
+    ckpt.wait(manager)
+
+    logger.close()
+    if "aligned" not in meta:  # no GRPO phase, or the run had already finished
+        meta["aligned"] = evaluate(graphdef, params, s.heldout, s, cfg, eval_key)
+    final = {"base": meta["base"], "aligned": meta["aligned"]}
+    (workdir / "final_metrics.json").write_text(json.dumps(final, indent=2))
+    plot(workdir)
+    print(final_table(final["base"], final["aligned"]))
+    print(f"wall time {time.time() - t_start:.0f} s; workdir {workdir}", flush=True)
+    return final
+
+
+def plot(workdir: pathlib.Path) -> None:
+    """Safety and utility against steps, from the eval records of metrics.jsonl (metrics never measured skipped)."""
+    records = read_jsonl(workdir / "metrics.jsonl")
+    seen = {k for r in records for k in r}
+    keep = lambda names: [n for n in names if f"eval/{n.removeprefix('1-')}" in seen]  # noqa: E731
+    plot_safety_utility(workdir / "metrics.jsonl", workdir / "safety_utility.png", safety=keep(plots.SAFETY),
+                        utility=keep(plots.UTILITY))
+
+
+def _finite(m: dict, step: int) -> dict:
+    """Pull metrics to the host; a non-finite loss stops the run naming the step (the last checkpoint stays)."""
+    m = {k: float(v) for k, v in m.items()}
+    bad = [k for k in m if k.endswith("loss") and not math.isfinite(m[k])]
+    if bad:
+        raise NonFiniteLoss(f"non-finite {bad[0]} = {m[bad[0]]} at step {step}; last good checkpoint kept")
+    return m
+
+
+def _measured(m: dict) -> dict:
+    """Drop metrics with nothing to measure this step (NaN: e.g. no malicious tool response in the batch)."""
+    return {k: v for k, v in m.items() if v is not None and math.isfinite(v)}
+
+
+HEADLINE = ("malicious_refusal", "sensitive_verification", "injection_success", "benign_success", "over_refusal",
+            "over_verification")
+
+
+def final_table(base: dict, aligned: dict) -> str:
+    """Markdown: headline metrics, then per-cell decision accuracy, base (after SFT) vs aligned (after GRPO)."""
+    rows = ["| heldout metric | base (SFT) | aligned (GRPO) |", "|---|---:|---:|"]
+    keys = list(HEADLINE) + sorted(k for k in base if k.startswith("cell/"))
+    for k in keys:
+        if k in base or k in aligned:
+            rows.append(f"| {k} | {_fmt(base.get(k))} | {_fmt(aligned.get(k))} |")
+    return "\n".join(rows)
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"

@@ -1,0 +1,49 @@
+"""The default run: a built-in tokenizer and a few-million-parameter policy on one CPU device.
+
+    python launch/train.py                                   # this config
+    python launch/train.py --config configs/tiny.py --config.grpo.steps 200 --config.workdir runs/long
+
+Phases: build (or load) the tokenizer and scenarios, SFT warm start on scripted demonstrations (mostly the
+capable-but-unsafe `always_execute`, a few percent `oracle`), then GRPO on sandbox rewards; the heldout split is
+evaluated after SFT (the base) and after GRPO (aligned).
+"""
+from ml_collections import config_dict
+
+
+def get_config() -> config_dict.ConfigDict:
+    c = config_dict.ConfigDict()
+    c.seed = 0
+    c.workdir = "runs/tiny"
+
+    # Scenarios: generated deterministically from data.seed; heldout uses unseen families and tools.
+    c.data = dict(seed=0, n_train=4096, n_heldout=384, tool_style="compact")
+    # Fixed compile shapes (tokens): prompt, env segment, scripted turn; scenarios that do not fit are an error.
+    c.shapes = dict(prompt=192, seg=128, script=128)
+
+    # "builtin": SentencePiece trained on the scenario corpus and cached; "hf": a local Hugging Face tokenizer dir.
+    c.tokenizer = dict(kind="builtin", vocab_size=2048, path="", cache_dir="cache")
+
+    # Model: a preset name plus overrides; hf_dir loads real weights (and their config) instead.
+    c.model = dict(preset="tiny", hf_dir="", dtype="float32", param_dtype="float32",
+                   d_model=192, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=48, mlp_dim=512)
+    c.mesh = dict(shape=(1, 1, 1), axes=("data", "fsdp", "tensor"))
+
+    c.env = dict(check_yes_prob=0.5, max_turns=6, max_turn_tokens=128, max_tokens=352)
+
+    # Reward: "shaped" (weights below) or "paper" (EOS * THINK * R_label, exactly as the paper).
+    c.reward = dict(kind="shaped", channels="user_tool",
+                    weights=dict(format=0.1, right_tool=0.2, right_args=0.2, user_decision=1.0, tool_decision=1.0,
+                                 harmful_call=1.0, injection=0.5, over_refusal=0.5, needless_check=0.3))
+
+    # SFT warm start: a capable but unsafe base (the paper's "No Defense" model).
+    c.sft = dict(steps=300, batch_size=32, lr=3e-3, warmup=20, weight_decay=0.0,
+                 mixture=dict(always_execute=0.92, oracle=0.08))
+
+    c.grpo = dict(steps=60, n_scenarios=16, group_size=8, temperature=1.0, lr=1e-3, warmup=5,
+                  mu=1, minibatch_size=64, eps_low=0.2, eps_high=0.28, beta=0.0, kl_estimator="k3",
+                  adv_mode="std", adv_eps=1e-6, aggregation="token_mean", constant_norm=0.0, max_grad_norm=1.0)
+
+    c.eval = dict(n_heldout=384, batch_size=128, temperature=0.0, safety_k=4, every=20)
+    c.checkpoint = dict(every=20, keep=2)
+    c.log_every = 1
+    return c

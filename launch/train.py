@@ -1,0 +1,33 @@
+"""Train a policy: SFT warm start, then GRPO in the sandbox.
+
+    python launch/train.py                                    # configs/tiny.py on the CPU, a few minutes
+    python launch/train.py --config configs/tiny.py --config.grpo.steps 100 --config.workdir runs/exp1
+
+Re-running the same command resumes from the last checkpoint in the workdir.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from absl import app, logging
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "tiny.py"),
+    "ml_collections config file; override fields with --config.<field>=value.")
+
+
+def main(argv):
+    del argv
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
+    from agent_rl import train
+
+    try:
+        train.train(_CONFIG.value)
+    except train.NonFiniteLoss as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,114 @@
+"""The jitted rollout: no host callbacks, and the loss mask is exactly the positions the policy wrote."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from agent_rl import grpo
+from agent_rl import model as model_lib
+from agent_rl import rollout
+from agent_rl import tokenizer as tok_lib
+from sandbox import catalogue, generate, scripted
+from sandbox import compile as compile_lib
+from sandbox import env as env_lib
+from sandbox import types as T
+
+SHAPES = T.Shapes(prompt=320, seg=160, script=160)
+PARAMS = T.EnvParams(check_yes_prob=0.5, max_turns=6, max_turn_tokens=160, max_tokens=512)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    tok = tok_lib.builtin_tokenizer(tmp_path_factory.mktemp("tok"), vocab_size=1024, num_scenarios=2000)
+    specs = generate.generate(0, "train", 22)  # two scenarios of each of the 11 cells
+    scen = compile_lib.compile_specs(specs, tok, catalogue.CATALOGUE, SHAPES)
+    cfg = model_lib.tiny(vocab_size=tok.vocab_size, d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=16,
+                         mlp_dim=64)
+    model = model_lib.Transformer(cfg, rngs=nnx.Rngs(0))
+    return tok, specs, scen, env_lib.make_vocab(tok), model
+
+
+def _runs(mask):
+    """[(start, end, value)] maximal runs of a bool vector."""
+    out, start = [], 0
+    for i in range(1, len(mask) + 1):
+        if i == len(mask) or mask[i] != mask[start]:
+            out.append((start, i, bool(mask[start])))
+            start = i
+    return out
+
+
+def test_rollout_has_no_host_callbacks(world):
+    tok, specs, scen, vocab, model = world
+    graphdef, params = nnx.split(model, nnx.Param)
+    f = functools.partial(rollout.sample_episodes.__wrapped__, graphdef, max_new_tokens=16)
+    jaxpr = str(jax.make_jaxpr(f)(params, scen, vocab, jax.random.key(0), PARAMS, 1.0))
+    assert "while" in jaxpr  # the whole multi-turn loop is inside
+    for name in ("callback", "io_callback", "pure_callback", "debug_callback", "outside_call"):
+        assert name not in jaxpr
+
+
+def test_mask_is_exactly_the_policy_turns(world):
+    """Driven by the oracle through `rollout.run`: every masked run of tokens is one scripted turn (its text and
+    end-of-turn token), every unmasked run between them is one env turn (header ... footer), and nothing after the
+    end of the episode is valid or masked."""
+    tok, specs, scen, vocab, _ = world
+    n = len(specs)
+    traj = rollout.scripted_episodes(jnp.full((n,), T.ORACLE, jnp.int32), scen, vocab, jax.random.key(1), PARAMS,
+                                     max_new_tokens=PARAMS.max_tokens)
+    p = SHAPES.prompt
+    tokens, valid, mask = (np.asarray(x)[:, p:] for x in (traj.tokens, traj.valid, traj.policy_mask))
+    seg, seg_len = np.asarray(scen.seg), np.asarray(scen.seg_len)
+    for b, spec in enumerate(specs):
+        texts = set(scripted.turns(spec)[T.ORACLE, s] for s in range(len(T.STAGES)) if (T.ORACLE, s) in
+                    scripted.turns(spec))
+        end = int(valid[b].sum())
+        assert valid[b, :end].all() and not valid[b, end:].any(), "valid must be a prefix"
+        assert not mask[b, end:].any() and (tokens[b, end:] == tok.pad_id).all()
+        assert not bool(traj.env_state.truncated[b])
+        runs = _runs(mask[b, :end])
+        assert runs[0][2], "the policy speaks first"
+        header = seg[b, T.SEG_HEADER, : seg_len[b, T.SEG_HEADER]].tolist()
+        footer = seg[b, T.SEG_FOOTER, : seg_len[b, T.SEG_FOOTER]].tolist()
+        for start, stop, by_policy in runs:
+            ids = tokens[b, start:stop].tolist()
+            if by_policy:
+                assert ids[-1] == tok.eos_id and tok.eos_id not in ids[:-1]
+                assert tok.decode(ids[:-1]) in texts
+            else:
+                assert ids[: len(header)] == header and ids[-len(footer):] == footer
+        assert runs[-1][2], "the episode ends with a policy turn"
+
+
+def test_model_rollout_logprobs_and_mask(world):
+    """Greedy model rollout: each masked token is the argmax of a full recomputation at that position, its
+    behaviour log-prob matches the recomputed one, and unmasked tokens are the env's or padding."""
+    tok, specs, scen, vocab, model = world
+    graphdef, params = nnx.split(model, nnx.Param)
+    params_env = PARAMS._replace(max_turn_tokens=24, max_tokens=64)
+    traj = rollout.sample_episodes(graphdef, params, scen, vocab, jax.random.key(2), params_env, 0.0,
+                                   max_new_tokens=64)
+    logits = model_lib.forward(model, traj.tokens, traj.valid)
+    lp = np.asarray(grpo.token_logprobs(logits[:, :-1], traj.tokens[:, 1:]))
+    greedy = np.asarray(jnp.argmax(logits[:, :-1], -1))
+    tokens, mask, valid = np.asarray(traj.tokens), np.asarray(traj.policy_mask), np.asarray(traj.valid)
+    assert mask.any()
+    assert not (mask & ~valid).any()
+    np.testing.assert_array_equal(tokens[:, 1:][mask[:, 1:]], greedy[mask[:, 1:]])
+    np.testing.assert_allclose(np.asarray(traj.logprobs)[:, 1:][mask[:, 1:]], lp[mask[:, 1:]], atol=1e-4)
+    assert (np.asarray(traj.logprobs)[~mask] == 0).all()
+    # In the generated region every unmasked real token belongs to an env turn, which only follows an end of turn.
+    p = SHAPES.prompt
+    for b in range(tokens.shape[0]):
+        for start, stop, by_policy in _runs(mask[b, p:] | ~valid[b, p:]):
+            if not by_policy:
+                assert start > 0 and tokens[b, p + start - 1] == tok.eos_id
+
+
+def test_repeat_group(world):
+    _, _, scen, _, _ = world
+    g = rollout.repeat_group(jax.tree.map(lambda x: x[:3], scen), 4)
+    np.testing.assert_array_equal(np.asarray(g.index), np.repeat(np.arange(3), 4))
