@@ -15,8 +15,8 @@ Two tricks keep it one pass:
 
 Buffers have one spare row (call C, argument slot A) that overflowing writes land in; `finish` slices it off and
 zeroes everything past the lengths, so a `Turn` equals `reference.parse_turn` field for field. At most one stored
-byte is written per input byte, into one flat array: under vmap a write is a scatter, and scatters dominate the
-cost on CPU, so there is exactly one per byte; small int tables use one-hot selects instead.
+byte is written per input byte, into one flat array: under vmap a write is a scatter, far costlier than an
+elementwise select, so there is exactly one per byte; small int tables use one-hot selects instead.
 """
 from __future__ import annotations
 

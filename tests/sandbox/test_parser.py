@@ -494,6 +494,16 @@ def test_jit_shapes_and_dtypes():
     assert turn.think_ok.shape == () and turn.think_ok.dtype == jnp.bool_
 
 
+def test_state_is_a_pytree_with_static_caps():
+    """The env selects between states with tree_map (e.g. reset at end of turn); caps ride in the tree structure."""
+    a, b = parser.init(TINY), jax.jit(parser.feed)(parser.init(TINY), jnp.uint8(ord("<")))
+    mixed = jax.tree.map(lambda x, y: jnp.where(True, x, y), b, a)
+    assert mixed.caps == TINY and jax.tree.structure(mixed) == jax.tree.structure(a)
+    assert int(mixed.think) == 0 and int(mixed.tm) == 1
+    with pytest.raises(ValueError, match="capacity"):
+        parser.init(Caps(C=0))
+
+
 @pytest.mark.slow
 def test_throughput():
     """Bytes/s of the jitted vmapped parser at batch 1024 vs the reference (printed; run with -s)."""
