@@ -2,9 +2,10 @@
 
   python launch/eval.py --suite injecagent --policy always_execute --out results.json
   python launch/eval.py --suite bfcl --policy replay:outputs.jsonl --split simple_python,multiple --out r.json
+  python launch/eval.py --suite sandbox --policy checkpoint:runs/tiny --out r.json
   python launch/eval.py --suite agent_safetybench --policy hf:/models/qwen --judge_dir /models/ShieldAgent --out r.json
 
-Suites: the keys of `agent_rl.evals.SUITES` (injecagent, bfcl, agent_safetybench; sandbox once registered).
+Suites: the keys of `agent_rl.evals.SUITES` (injecagent, bfcl, agent_safetybench, sandbox).
 Policies: see `agent_rl.evals.policies` (oracle, always_execute, always_refuse, always_check, replay:FILE, and the
 registered model policies). Benchmark data: --data_dir or $AGENT_RL_BENCHDATA.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import pathlib
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -26,10 +27,14 @@ flags.DEFINE_string("suite", None, "benchmark suite: injecagent | bfcl | agent_s
 flags.DEFINE_string("policy", None, "policy spec: oracle | always_execute | always_refuse | always_check | "
                     "replay:FILE | checkpoint:PATH | hf:DIR | prompt_guard:SPEC", required=True)
 flags.DEFINE_string("split", "", "suite-specific selection: injecagent base|enhanced; bfcl comma-separated "
-                    "categories; agent_safetybench fulfillable|unfulfillable; '' = all")
+                    "categories; agent_safetybench fulfillable|unfulfillable; sandbox heldout|train (default "
+                    "heldout); '' = all")
 flags.DEFINE_string("data_dir", None, "benchmark data root (default: $AGENT_RL_BENCHDATA)")
-flags.DEFINE_integer("limit", 0, "at most this many cases per data file (0 = all)")
+flags.DEFINE_integer("limit", 0, "at most this many cases per data file (0 = all); sandbox: scenarios "
+                     "(0 = 440)")
 flags.DEFINE_enum("tool_style", "compact", ["compact", "json"], "how system prompts list tools")
+flags.DEFINE_integer("safety_k", 0, "sandbox: sampled episodes per scenario for safety_at_k (0: the config's "
+                     "eval.safety_k, else 4)")
 flags.DEFINE_string("judge_dir", None, "agent_safetybench: local judge checkpoint (ShieldAgent) for judge metrics")
 flags.DEFINE_string("out", None, "write the metrics JSON here", required=True)
 flags.DEFINE_string("details_out", None, "write per-case details (JSONL) here")
@@ -39,9 +44,11 @@ config_flags.DEFINE_config_file("config", None, "ml_collections config passed to
 
 def main(argv):
     del argv
+    logging.set_verbosity(logging.WARNING)  # checkpoint restores log every step at INFO
     if FLAGS.suite not in evals.SUITES:
         raise app.UsageError(f"unknown suite {FLAGS.suite!r}; registered: {sorted(evals.SUITES)}")
-    args = common.RunArgs(FLAGS.data_dir, FLAGS.split, FLAGS.limit, FLAGS.tool_style, FLAGS.config, FLAGS.judge_dir)
+    args = common.RunArgs(FLAGS.data_dir, FLAGS.split, FLAGS.limit, FLAGS.tool_style, FLAGS.config, FLAGS.judge_dir,
+                          FLAGS.safety_k)
     try:
         metrics, details = evals.SUITES[FLAGS.suite](FLAGS.policy, args)
     except (common.DataError, policies.PolicyError) as e:  # bad data or spec: one line, no traceback

@@ -2,14 +2,15 @@
 
 A suite is a function `run(policy_spec: str, args: RunArgs) -> (metrics, details)`: metrics map names to fractions
 in [0, 1]; details is a list of per-case dicts (what went wrong where). Suites register with `register_suite`;
-the built-in ones import their module only when run. The sandbox suite is registered by the rollout code, here
-(so `launch/eval.py` sees it without importing model code up front): `register_suite("sandbox", _lazy("module"))`.
+the built-in ones import their module only when run (so `launch/eval.py` does not import model code up front).
+The model policies `checkpoint:PATH` and `hf:DIR` (`agent_rl.evals.model_policy`) are registered the same lazy way.
 """
 from __future__ import annotations
 
 import importlib
 from typing import Callable
 
+from agent_rl.evals import policies as _policies
 from agent_rl.evals.common import RunArgs
 
 RunFn = Callable[[str, RunArgs], tuple[dict, list]]
@@ -56,3 +57,14 @@ def run_bfcl(policy_spec: str, args: RunArgs) -> tuple[dict, list]:
 register_suite("injecagent", _lazy("agent_rl.evals.injecagent"))
 register_suite("agent_safetybench", _lazy("agent_rl.evals.agent_safetybench"))
 register_suite("bfcl", run_bfcl)
+register_suite("sandbox", _lazy("agent_rl.evals.sandbox_suite"))
+
+
+def _lazy_model(attr: str) -> _policies.ModelFactory:
+    def factory(arg: str, config):
+        return getattr(importlib.import_module("agent_rl.evals.model_policy"), attr)(arg, config)
+    return factory
+
+
+_policies.register_model_policy("checkpoint", _lazy_model("load_checkpoint"))
+_policies.register_model_policy("hf", _lazy_model("load_hf"))

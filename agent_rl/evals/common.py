@@ -33,6 +33,7 @@ class RunArgs(NamedTuple):
     tool_style: str = "compact"
     config: Any = None
     judge_dir: str | None = None  # agent_safetybench: a local judge checkpoint (ShieldAgent) to score with
+    safety_k: int = 0  # sandbox: episodes per scenario for safety@k (0: the config's eval.safety_k, else 4)
 
 
 class DataError(ValueError):

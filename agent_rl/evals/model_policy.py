@@ -1,0 +1,160 @@
+"""JAX model policies for the evaluation suites: `checkpoint:PATH` (a training run) and `hf:DIR` (local Hugging Face
+weights).
+
+A `ModelPolicy` is a `policies.TextPolicy` (the text suites call `generate`: one greedy agent turn per prompt) and
+also carries what the sandbox suite needs to run the model through the environment: the tokenizer, the split model
+(graphdef, params) and the run config it was trained with (None for `hf:`).
+
+`agent_rl.evals` registers both prefixes lazily, so importing the harness does not import the model code.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from agent_rl import checkpoint as ckpt
+from agent_rl import model as model_lib
+from agent_rl import sampling
+from agent_rl import tokenizer as tok_lib
+from agent_rl.evals.policies import PolicyError
+
+
+class ModelPolicy(NamedTuple):
+    """A model and its tokenizer. generate: greedy, at most `max_new_tokens` per turn, `batch_size` prompts a call
+    of the compiled generator (prompts are left-padded to a multiple of `pad_to` tokens: few compiled shapes)."""
+    name: str
+    tokenizer: Any
+    graphdef: Any
+    params: Any
+    run_config: ml_collections.ConfigDict | None = None
+    max_new_tokens: int = 256
+    batch_size: int = 32
+    pad_to: int = 64
+
+    def generate(self, prompts: list[str]) -> list[str]:
+        return generate_text(self, prompts)
+
+
+def generate_text(policy: ModelPolicy, prompts: list[str], key: jax.Array | None = None,
+                  temperature: float = 0.0) -> list[str]:
+    """The next agent turn for each prompt (chat prefixes ending with the assistant header): the decoded tokens up
+    to and including the end-of-turn token (or `max_new_tokens` of them)."""
+    tok, bs = policy.tokenizer, policy.batch_size
+    model = nnx.merge(policy.graphdef, policy.params)
+    key = jax.random.key(0) if key is None else key
+    encoded = [tok.encode(p) for p in prompts]
+    outs: list[str] = []
+    for start in range(0, len(encoded), bs):
+        chunk = encoded[start:start + bs]
+        width = -(-max(len(ids) for ids in chunk) // policy.pad_to) * policy.pad_to
+        tokens = np.full((bs, width), tok.pad_id, np.int32)
+        valid = np.zeros((bs, width), bool)
+        for i in range(bs):  # rows past the chunk repeat its last prompt: one compiled batch size
+            ids = chunk[min(i, len(chunk) - 1)]
+            tokens[i, width - len(ids):], valid[i, width - len(ids):] = ids, True
+        new, new_valid = sampling.generate(model, jnp.asarray(tokens), jnp.asarray(valid),
+                                           jax.random.fold_in(key, start), policy.max_new_tokens, int(tok.eos_id),
+                                           temperature)
+        new, new_valid = np.asarray(new), np.asarray(new_valid)
+        outs += [tok.decode(new[i][new_valid[i]].tolist()) for i in range(len(chunk))]
+    return outs
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# checkpoint:PATH
+
+
+def _checkpoint_dirs(path: str) -> tuple[pathlib.Path, pathlib.Path]:
+    """(run workdir, its checkpoints dir) from a workdir or a checkpoints dir."""
+    p = pathlib.Path(path).expanduser()
+    if not path or not p.is_dir():
+        raise PolicyError(f"checkpoint: no such directory {p} (expected a training workdir or its checkpoints/)")
+    if (p / "checkpoints").is_dir():
+        return p, p / "checkpoints"
+    return p.parent, p
+
+
+def _tokenizer(cfg, where: str):
+    from agent_rl import train
+
+    if cfg.tokenizer.kind == "hf":
+        tdir = pathlib.Path(cfg.tokenizer.path).expanduser()
+        if not (tdir / "tokenizer.json").is_file() and not (tdir / "vocab.json").is_file():
+            raise PolicyError(f"{where}: tokenizer directory {tdir} (config.tokenizer.path) is missing or holds no "
+                              f"tokenizer.json")
+    if cfg.model.hf_dir and not (pathlib.Path(cfg.model.hf_dir).expanduser() / "config.json").is_file():
+        raise PolicyError(f"{where}: model directory {cfg.model.hf_dir} (config.model.hf_dir) has no config.json")
+    return train.build_tokenizer(cfg)
+
+
+def load_checkpoint(path: str, config: Any = None) -> ModelPolicy:
+    """The latest checkpoint of a training run. Rebuilds tokenizer and model from the run's config
+    (`<workdir>/config.json`, else the checkpoint's meta "config") and restores only the params from the saved
+    state (whatever phase, and so optimizer structure, the step belongs to). `config` is not used: the run's own
+    config is what the weights were trained with."""
+    del config
+    from agent_rl import train
+
+    workdir, cdir = _checkpoint_dirs(path)
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+    with ocp.CheckpointManager(cdir.resolve(), options=options, item_names=(ckpt.STATE, ckpt.META)) as manager:
+        step = manager.latest_step()
+        if step is None:
+            raise PolicyError(f"checkpoint: no finished checkpoint in {cdir}")
+        cfg_path = workdir / "config.json"
+        if cfg_path.is_file():
+            cfg = ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
+        else:
+            meta = manager.restore(step, args=ocp.args.Composite(**{ckpt.META: ocp.args.JsonRestore()}))[ckpt.META]
+            if not isinstance(meta, dict) or "config" not in meta:
+                raise PolicyError(f"checkpoint: neither {cfg_path} nor a 'config' in the metadata of step {step} "
+                                  f"in {cdir}")
+            cfg = ml_collections.ConfigDict(meta["config"])
+        where = f"checkpoint {cdir} step {step}"
+        tok = _tokenizer(cfg, where)
+        model_cfg = train.build_model_config(cfg, tok.vocab_size)
+        abstract = nnx.eval_shape(lambda: model_lib.Transformer(model_cfg, rngs=nnx.Rngs(0)))
+        graphdef, abs_params = nnx.split(abstract, nnx.Param)
+        target = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abs_params)}
+        try:
+            restored = manager.restore(step, args=ocp.args.Composite(**{ckpt.STATE: ocp.args.PyTreeRestore(
+                target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)}))
+        except Exception as e:  # orbax raises many types; one line names the checkpoint
+            raise PolicyError(f"{where}: cannot restore params for the model its config describes "
+                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+    params = restored[ckpt.STATE]["params"]
+    return ModelPolicy(f"checkpoint:{path}", tok, graphdef, params, cfg,
+                       max_new_tokens=int(cfg.env.max_turn_tokens), batch_size=int(cfg.eval.batch_size))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# hf:DIR
+
+
+def load_hf(path: str, config: Any = None) -> ModelPolicy:
+    """Weights, config and tokenizer from one local Hugging Face directory. `config` (the --config run config, if
+    any) sets the eval batch size, turn length and, for the sandbox suite, shapes and episode rules."""
+    from agent_rl import hf
+
+    d = pathlib.Path(path).expanduser()
+    if not path or not d.is_dir():
+        raise PolicyError(f"hf: no such directory {d}")
+    if not (d / "tokenizer.json").is_file() and not (d / "vocab.json").is_file():
+        raise PolicyError(f"hf: no tokenizer in {d} (expected tokenizer.json)")
+    if not (d / "config.json").is_file():
+        raise PolicyError(f"hf: no config.json in {d}")
+    model, model_cfg = hf.from_pretrained(d)
+    tok = tok_lib.hf_tokenizer(d, vocab_size=model_cfg.vocab_size)
+    graphdef, params = nnx.split(model, nnx.Param)
+    kw = {}
+    if config is not None:
+        kw = dict(max_new_tokens=int(config.env.max_turn_tokens), batch_size=int(config.eval.batch_size))
+    return ModelPolicy(f"hf:{path}", tok, graphdef, params, None, **kw)

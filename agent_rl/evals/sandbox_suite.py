@@ -1,0 +1,180 @@
+"""The sandbox suite: a policy run through the jitted environment on generated scenarios.
+
+  python launch/eval.py --suite sandbox --policy oracle --out r.json                 # heldout split, 440 scenarios
+  python launch/eval.py --suite sandbox --policy checkpoint:runs/tiny --split train --limit 110 --out r.json
+
+Scenarios: `sandbox.generate.generate(data.seed, split, n)` with split `--split` (heldout by default) and n `--limit`
+(440 by default: four per (cell, domain) pair), compiled with the policy's tokenizer. Settings (shapes, episode
+rules, data seed, tool style, batch size, k) come from the first of: `--config`, the checkpoint's run config,
+`configs/tiny.py`. Scripted policies (oracle, always_execute, always_refuse, always_check) need no model and use the
+settings' tokenizer.
+
+Metrics: `sandbox.metrics.summarize` of one greedy episode per scenario (those with no qualifying episode left out),
+and `safety_at_k`: k episodes per scenario sampled at temperature 1 (scripted policies: k episodes that differ only
+by the simulated user's answers to checks), the share of scenarios whose k episodes are all safe. Details: the
+greedy episodes that got their cell wrong, with the generated text.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from agent_rl import rollout
+from agent_rl.evals import common, policies
+from sandbox import catalogue, generate
+from sandbox import compile as compile_lib
+from sandbox import env as env_lib
+from sandbox import metrics as sandbox_metrics
+from sandbox import protocol
+from sandbox import types as T
+
+BENCHMARK = "sandbox"
+DEFAULT_N = 440
+DEFAULT_K = 4
+SPLITS = ("heldout", "train")
+HEADLINE = ("malicious_refusal", "sensitive_verification", "injection_success", "benign_success", "over_refusal",
+            "over_verification", "safety_at_k")
+
+# episodes(batch Scenario [B, ...], key, temperature) -> Trajectory
+Episodes = Callable[[T.Scenario, jax.Array, float], rollout.Trajectory]
+
+
+def default_config():
+    from configs import tiny
+
+    return tiny.get_config()
+
+
+def compile_scenarios(specs, tokenizer, shapes: T.Shapes, tool_style: str, safety: str | None = None) -> T.Scenario:
+    """`compile_specs`, and with `safety` the prompt guard: every prompt's system message gets the safety text
+    (the prompt width grows to fit, in multiples of 32)."""
+    if safety is None:
+        return compile_lib.compile_specs(specs, tokenizer, catalogue.CATALOGUE, shapes, tool_style)
+    prompts = [tokenizer.encode(policies.add_safety_prompt(protocol.chat_prefix(
+        protocol.system_prompt([catalogue.CATALOGUE[n].schema() for n in s.tools], tool_style), s.user_prompt),
+        safety)) for s in specs]
+    width = max(shapes.prompt, -(-max(map(len, prompts)) // 32) * 32)
+    sc = compile_lib.compile_specs(specs, tokenizer, catalogue.CATALOGUE, shapes._replace(prompt=width), tool_style)
+    prompt = np.full((len(specs), width), tokenizer.pad_id, np.int32)
+    for i, ids in enumerate(prompts):
+        prompt[i, width - len(ids):] = ids
+    return sc.replace(prompt=jnp.asarray(prompt), prompt_len=jnp.asarray([len(p) for p in prompts], jnp.int32))
+
+
+def scripted_episodes(policy_id: int, vocab: T.Vocab, env_params: T.EnvParams) -> Episodes:
+    def episodes(batch, key, temperature):
+        del temperature  # scripted turns are fixed; only the simulated user's check answers are drawn
+        ids = jnp.full((batch.prompt.shape[0],), policy_id, jnp.int32)
+        return rollout.scripted_episodes(ids, batch, vocab, key, env_params, max_new_tokens=int(env_params.max_tokens))
+    return episodes
+
+
+def model_episodes(graphdef, params, vocab: T.Vocab, env_params: T.EnvParams) -> Episodes:
+    def episodes(batch, key, temperature):
+        return rollout.sample_episodes(graphdef, params, rollout.trim_prompts(batch), vocab, key, env_params,
+                                       jnp.float32(temperature), max_new_tokens=int(env_params.max_tokens))
+    return episodes
+
+
+@jax.jit
+def _outcome(env_state, scenario):
+    return jax.vmap(env_lib.outcome)(env_state, scenario)
+
+
+def run_episodes(episodes: Episodes, scenario: T.Scenario, batch_size: int, key: jax.Array, temperature: float,
+                 k: int = 1) -> tuple[T.Outcome, np.ndarray, np.ndarray]:
+    """k episodes of every scenario, about `batch_size` episodes a call (one compiled shape: the last call repeats
+    its last scenario; the copies are dropped).
+
+    Returns (outcome with numpy arrays [N * k], scenario-major: the k episodes of scenario i are rows i*k .. i*k+k-1;
+    tokens int32[N * k, T] and valid bool[N * k, T]: what was emitted after the prompt)."""
+    n = scenario.prompt.shape[0]
+    per = max(1, batch_size // k)  # scenarios per call
+    outs, toks, valids = [], [], []
+    for i in range(0, n, per):
+        idx = np.arange(i, min(i + per, n))
+        idx = np.pad(idx, (0, per - idx.size), mode="edge")
+        batch = compile_lib.take(scenario, idx)
+        if k > 1:
+            batch = rollout.repeat_group(batch, k)
+        traj = episodes(batch, jax.random.fold_in(key, i), temperature)
+        keep = min(per, n - i) * k
+        outs.append(jax.tree.map(lambda x: np.asarray(x)[:keep], _outcome(traj.env_state, batch)))
+        t = traj.tokens.shape[1] - batch.prompt.shape[1] if traj.tokens.shape[1] > batch.prompt.shape[1] else 0
+        toks.append(np.asarray(traj.tokens)[:keep, -t:] if t else np.zeros((keep, 0), np.int32))
+        valids.append(np.asarray(traj.valid)[:keep, -t:] if t else np.zeros((keep, 0), bool))
+    outcome = jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
+    return outcome, np.concatenate(toks), np.concatenate(valids)
+
+
+def _settings(spec: str, args: common.RunArgs):
+    """(cfg, tokenizer, episodes(vocab, env_params) factory, safety text or None) for a policy spec."""
+    if spec in policies.SCRIPTED_BEHAVIOURS:
+        from agent_rl import train
+
+        cfg = args.config or default_config()
+        pid = T.POLICIES.index(spec)
+        return cfg, train.build_tokenizer(cfg), lambda vocab, ep: scripted_episodes(pid, vocab, ep), None
+    if spec.partition(":")[0] == "replay":
+        raise policies.PolicyError("sandbox: replay policies cannot answer the environment turn by turn; use a "
+                                   "scripted or model policy")
+    from agent_rl.evals import model_policy
+
+    model, safety = policies.make_text_policy(spec, args.config), None
+    if isinstance(model, policies.PromptGuard):
+        model, safety = model.model, model.safety
+    if not isinstance(model, model_policy.ModelPolicy):
+        raise policies.PolicyError(f"sandbox: policy {spec!r} is not a JAX model (checkpoint:PATH, hf:DIR or "
+                                   f"prompt_guard: of one); the sandbox runs the model through the jitted env")
+    cfg = args.config or model.run_config or default_config()
+    return (cfg, model.tokenizer, lambda vocab, ep: model_episodes(model.graphdef, model.params, vocab, ep),
+            safety)
+
+
+def run(policy_spec: str, args: common.RunArgs) -> tuple[dict, list[dict]]:
+    """Suite entry: `args.split` "" (heldout) | "heldout" | "train"; `args.limit` scenarios (0: 440);
+    `args.safety_k` episodes per scenario for safety_at_k (0: config eval.safety_k, else 4)."""
+    split = args.split or "heldout"
+    if split not in SPLITS:
+        raise common.DataError(f"sandbox: --split {split!r}; expected one of {SPLITS}")
+    cfg, tok, make_episodes, safety = _settings(policy_spec, args)
+    n = args.limit if args.limit > 0 else DEFAULT_N
+    k = int(getattr(args, "safety_k", 0) or cfg.eval.get("safety_k", 0) or DEFAULT_K)
+    seed = int(cfg.data.seed)
+    specs = generate.generate(seed, split, n)
+    scenario = compile_scenarios(specs, tok, T.Shapes(**dict(cfg.shapes)), cfg.data.tool_style, safety)
+    env_params = T.EnvParams(**dict(cfg.env))
+    episodes = make_episodes(env_lib.make_vocab(tok), env_params)
+    bs = int(cfg.eval.batch_size)
+    key = jax.random.key(seed + 1)
+
+    greedy, tokens, valid = run_episodes(episodes, scenario, bs, jax.random.fold_in(key, 0), 0.0)
+    user_kind, tool_kind = np.asarray(scenario.user_kind), np.asarray(scenario.tool_kind)
+    summary = sandbox_metrics.summarize(greedy, user_kind, tool_kind)
+    sampled, _, _ = run_episodes(episodes, scenario, bs, jax.random.fold_in(key, 1), 1.0, k)
+    summary["safety_at_k"] = sandbox_metrics.safety_at_k(jax.tree.map(lambda x: x.reshape((n, k) + x.shape[1:]),
+                                                                      sampled))
+    groups = ("cell", "user_table", "tool_table")  # summarize interleaves the two tables; keep each together
+    order = list(HEADLINE) + sorted((m for m in summary if m not in HEADLINE), key=lambda m: groups.index(
+        m.split("/")[0]))
+    metrics = {m: summary[m] for m in order if math.isfinite(summary[m])}
+    return metrics, failures(specs, greedy, tokens, valid, tok)
+
+
+def failures(specs, outcome: T.Outcome, tokens: np.ndarray, valid: np.ndarray, tok) -> list[dict]:
+    """Greedy episodes that got their cell wrong: {id, cell, user_decision, tool_decision, eos, harmful_call,
+    output (everything emitted after the prompt, policy and environment turns alike)}."""
+    ok = outcome.eos & outcome.user_correct & outcome.tool_correct
+    out = []
+    for i in np.flatnonzero(~ok):
+        s = specs[i]
+        out.append({"id": s.id, "cell": f"{s.user_kind}/{s.tool_kind}",
+                    "user_decision": T.DECISION_NAMES[int(outcome.user_decision[i])],
+                    "tool_decision": T.DECISION_NAMES[int(outcome.tool_decision[i])],
+                    "eos": bool(outcome.eos[i]), "harmful_call": bool(outcome.harmful_call[i]),
+                    "output": tok.decode(tokens[i][valid[i]].tolist())})
+    return out
