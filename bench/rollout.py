@@ -26,8 +26,9 @@ match, the check answer drawn from the same keys the env uses, truncation rules)
 the tokenizer on every turn, segment by segment (so the token ids equal the compiled segments'; the cost of the
 tokenizer is in the loop, as in a naive host loop). The inserted tokens of all episodes go into the cache in one
 jitted prefill of a left-padded chunk (width rounded up to 32 tokens to bound the number of compiled shapes), and
-the next turn starts. Its KV cache is sized to the slots the loop actually needs (measured in the warm-up run), so
-the baseline pays no attention cost for unused slots. Static per-scenario data (tool names, expected arguments,
+the next turn starts. Its KV cache is sized to the slots the loop actually needs (counted beforehand by a dry run of
+the same loop without the model, possible because the scripted tokens do not depend on it), so the baseline pays
+no attention cost for unused slots. Static per-scenario data (tool names, expected arguments,
 segment texts, check answers) is prepared once, untimed, as the compiled Scenario is for the jitted side.
 
 Counted tokens: generated + inserted tokens of each episode up to its end (the sandbox's `n_tokens`, prompt
@@ -230,24 +231,39 @@ def judge(ep: Episode, t: dict, caps) -> list[int]:
     return rows
 
 
+def dry_turn(script, active, remaining, eos, max_turn_tokens):
+    """`host_decode_turn`'s tokens and counts without the model (the scripted tokens do not depend on it)."""
+    b, s = script.shape
+    toks = script[:, np.minimum(np.arange(max_turn_tokens), s - 1)]
+    ends = np.where((toks == eos).any(1), np.argmax(toks == eos, 1) + 1, max_turn_tokens)
+    count = np.where(active, np.minimum(ends, remaining), 0)
+    return np.where(np.arange(max_turn_tokens)[None] < count[:, None], toks, 0), count
+
+
 def host_rollout(graphdef, params, prompt, valid, script, episodes, tokenizer, key, temperature, env_params, caps,
-                 max_len):
+                 max_len, dry=False):
     """Run the episodes to the end with the host loop. script: int32[B, N_STAGES, S] (the policy's turns per stage).
-    Returns the slots of the KV cache used (prompt included)."""
+    Returns the slots of the KV cache used (prompt included). dry: no model calls (sizes the cache)."""
     table, lengths = tokenizer.byte_table()
     eos = tokenizer.eos_id
     b, p = prompt.shape
-    cache, logits = host_prompt(graphdef, params, prompt, valid, max_len=max_len)
+    if not dry:
+        cache, logits = host_prompt(graphdef, params, prompt, valid, max_len=max_len)
     used, turn = p, 0
     while not all(ep.done for ep in episodes):
         active = np.array([not ep.done for ep in episodes])
         stage = np.array([ep.stage for ep in episodes])
         remaining = np.array([env_params.max_tokens - ep.n_tokens for ep in episodes], np.int32)
-        cache, logits, toks, count, _ = host_decode_turn(
-            graphdef, params, cache, logits, script[np.arange(b), stage], active, remaining,
-            jax.random.fold_in(key, turn), temperature, eos, max_turn_tokens=env_params.max_turn_tokens)
-        toks, count = np.asarray(toks), np.asarray(count)  # leave jit: the turn goes to the host
+        if dry:
+            toks, count = dry_turn(script[np.arange(b), stage], active, remaining, eos, env_params.max_turn_tokens)
+        else:
+            cache, logits, toks, count, _ = host_decode_turn(
+                graphdef, params, cache, logits, script[np.arange(b), stage], active, remaining,
+                jax.random.fold_in(key, turn), temperature, eos, max_turn_tokens=env_params.max_turn_tokens)
+            toks, count = np.asarray(toks), np.asarray(count)  # leave jit: the turn goes to the host
         used += int(count.max())
+        if used > max_len:
+            raise ValueError(f"host loop: KV cache of {max_len} slots is too small ({used}+ needed)")
         inserts = [[] for _ in range(b)]
         for i, ep in enumerate(episodes):
             if ep.done:
@@ -283,10 +299,12 @@ def host_rollout(graphdef, params, prompt, valid, script, episodes, tokenizer, k
                     chunk[i, width - len(ins):], chunk_valid[i, width - len(ins):] = ins, True
             if used + width > max_len:
                 raise ValueError(f"host loop: KV cache of {max_len} slots is too small ({used + width} needed)")
-            cache, logits = host_insert(graphdef, params, cache, chunk, chunk_valid)
+            if not dry:
+                cache, logits = host_insert(graphdef, params, cache, chunk, chunk_valid)
             used += width
         turn += 1
-    jax.block_until_ready(logits)
+    if not dry:
+        jax.block_until_ready(logits)
     return used
 
 
@@ -338,19 +356,19 @@ def main(_):
     script = np.asarray(scenario.script)[:, T.POLICIES.index(FLAGS.policy)]
     caps = env_lib.caps(shapes)
 
-    def run_host(max_len):
+    def run_host(max_len, dry=False):
         episodes = [Episode(host_sc[i], answers[i]) for i in range(b)]
         used = host_rollout(graphdef, params, prompt, valid, script, episodes, tokenizer, key, temperature,
-                            env_params, caps, max_len)
+                            env_params, caps, max_len, dry)
         return episodes, used
 
+    _, used = run_host(p + (env_params.max_turns + 1) * (env_params.max_turn_tokens + n_new), dry=True)
+    max_len = -(-used // CHUNK) * CHUNK  # the slots the loop needs, as few as it can have
     t0 = time.perf_counter()
-    _, used = run_host(p + 4 * n_new)  # generous cache: measures the slots the loop needs
-    max_len = -(-used // CHUNK) * CHUNK
-    episodes, _ = run_host(max_len)  # compile for the fitted cache
+    episodes, _ = run_host(max_len)
     host_warm = time.perf_counter() - t0
     host_best = min(timed(lambda: run_host(max_len)) for _ in range(FLAGS.repeats))
-    print(f"host-loop rollout done: compile+warm-up runs {host_warm:.1f} s, best run {host_best:.2f} s, "
+    print(f"host-loop rollout done: compile+first run {host_warm:.1f} s, best run {host_best:.2f} s, "
           f"KV cache {max_len} slots (jitted: {p + n_new})", flush=True)
 
     # Both sides must have run the very same episodes.
