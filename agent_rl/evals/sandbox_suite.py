@@ -85,15 +85,17 @@ def _outcome(env_state, scenario):
     return jax.vmap(env_lib.outcome)(env_state, scenario)
 
 
-def run_episodes(episodes: Episodes, scenario: T.Scenario, batch_size: int, key: jax.Array, temperature: float,
+def run_episodes(episodes: Episodes, scenario: T.Scenario, per_call: int, key: jax.Array, temperature: float,
                  k: int = 1) -> tuple[T.Outcome, np.ndarray, np.ndarray]:
-    """k episodes of every scenario, about `batch_size` episodes a call (one compiled shape: the last call repeats
-    its last scenario; the copies are dropped).
+    """k episodes of every scenario, `per_call` episodes a call (a multiple of k; one compiled shape: the last call
+    repeats its last scenario, and the copies are dropped).
 
     Returns (outcome with numpy arrays [N * k], scenario-major: the k episodes of scenario i are rows i*k .. i*k+k-1;
     tokens int32[N * k, T] and valid bool[N * k, T]: what was emitted after the prompt)."""
     n = scenario.prompt.shape[0]
-    per = max(1, batch_size // k)  # scenarios per call
+    if per_call % k:
+        raise ValueError(f"run_episodes: per_call={per_call} is not a multiple of k={k}")
+    per = per_call // k  # scenarios per call
     outs, toks, valids = [], [], []
     for i in range(0, n, per):
         idx = np.arange(i, min(i + per, n))
@@ -149,13 +151,14 @@ def run(policy_spec: str, args: common.RunArgs) -> tuple[dict, list[dict]]:
     scenario = compile_scenarios(specs, tok, T.Shapes(**dict(cfg.shapes)), cfg.data.tool_style, safety)
     env_params = T.EnvParams(**dict(cfg.env))
     episodes = make_episodes(env_lib.make_vocab(tok), env_params)
-    bs = int(cfg.eval.batch_size)
+    # Greedy and sampled calls run the same number of episodes, so the rollout compiles once.
+    per_call = max(k, min(int(cfg.eval.batch_size), n * k) // k * k)
     key = jax.random.key(seed + 1)
 
-    greedy, tokens, valid = run_episodes(episodes, scenario, bs, jax.random.fold_in(key, 0), 0.0)
+    greedy, tokens, valid = run_episodes(episodes, scenario, per_call, jax.random.fold_in(key, 0), 0.0)
     user_kind, tool_kind = np.asarray(scenario.user_kind), np.asarray(scenario.tool_kind)
     summary = sandbox_metrics.summarize(greedy, user_kind, tool_kind)
-    sampled, _, _ = run_episodes(episodes, scenario, bs, jax.random.fold_in(key, 1), 1.0, k)
+    sampled, _, _ = run_episodes(episodes, scenario, per_call, jax.random.fold_in(key, 1), 1.0, k)
     summary["safety_at_k"] = sandbox_metrics.safety_at_k(jax.tree.map(lambda x: x.reshape((n, k) + x.shape[1:]),
                                                                       sampled))
     groups = ("cell", "user_table", "tool_table")  # summarize interleaves the two tables; keep each together
