@@ -86,12 +86,13 @@ def _outcome(env_state, scenario):
 
 
 def run_episodes(episodes: Episodes, scenario: T.Scenario, per_call: int, key: jax.Array, temperature: float,
-                 k: int = 1) -> tuple[T.Outcome, np.ndarray, np.ndarray]:
+                 k: int = 1, *, new_tokens: int) -> tuple[T.Outcome, np.ndarray, np.ndarray]:
     """k episodes of every scenario, `per_call` episodes a call (a multiple of k; one compiled shape: the last call
     repeats its last scenario, and the copies are dropped).
 
     Returns (outcome with numpy arrays [N * k], scenario-major: the k episodes of scenario i are rows i*k .. i*k+k-1;
-    tokens int32[N * k, T] and valid bool[N * k, T]: what was emitted after the prompt)."""
+    tokens int32[N * k, T] and valid bool[N * k, T]: the last T = `new_tokens` columns of each trajectory, what was
+    emitted after the (possibly trimmed) prompt: the rollout's max_new_tokens)."""
     n = scenario.prompt.shape[0]
     if per_call % k:
         raise ValueError(f"run_episodes: per_call={per_call} is not a multiple of k={k}")
@@ -106,9 +107,8 @@ def run_episodes(episodes: Episodes, scenario: T.Scenario, per_call: int, key: j
         traj = episodes(batch, jax.random.fold_in(key, i), temperature)
         keep = min(per, n - i) * k
         outs.append(jax.tree.map(lambda x: np.asarray(x)[:keep], _outcome(traj.env_state, batch)))
-        t = traj.tokens.shape[1] - batch.prompt.shape[1] if traj.tokens.shape[1] > batch.prompt.shape[1] else 0
-        toks.append(np.asarray(traj.tokens)[:keep, -t:] if t else np.zeros((keep, 0), np.int32))
-        valids.append(np.asarray(traj.valid)[:keep, -t:] if t else np.zeros((keep, 0), bool))
+        toks.append(np.asarray(traj.tokens)[:keep, traj.tokens.shape[1] - new_tokens:])
+        valids.append(np.asarray(traj.valid)[:keep, traj.valid.shape[1] - new_tokens:])
     outcome = jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
     return outcome, np.concatenate(toks), np.concatenate(valids)
 
@@ -155,10 +155,12 @@ def run(policy_spec: str, args: common.RunArgs) -> tuple[dict, list[dict]]:
     per_call = max(k, min(int(cfg.eval.batch_size), n * k) // k * k)
     key = jax.random.key(seed + 1)
 
-    greedy, tokens, valid = run_episodes(episodes, scenario, per_call, jax.random.fold_in(key, 0), 0.0)
+    greedy, tokens, valid = run_episodes(episodes, scenario, per_call, jax.random.fold_in(key, 0), 0.0,
+                                         new_tokens=int(env_params.max_tokens))
     user_kind, tool_kind = np.asarray(scenario.user_kind), np.asarray(scenario.tool_kind)
     summary = sandbox_metrics.summarize(greedy, user_kind, tool_kind)
-    sampled, _, _ = run_episodes(episodes, scenario, per_call, jax.random.fold_in(key, 1), 1.0, k)
+    sampled, _, _ = run_episodes(episodes, scenario, per_call, jax.random.fold_in(key, 1), 1.0, k,
+                                 new_tokens=int(env_params.max_tokens))
     summary["safety_at_k"] = sandbox_metrics.safety_at_k(jax.tree.map(lambda x: x.reshape((n, k) + x.shape[1:]),
                                                                       sampled))
     groups = ("cell", "user_table", "tool_table")  # summarize interleaves the two tables; keep each together
