@@ -16,19 +16,19 @@ def get_config() -> config_dict.ConfigDict:
     c.workdir = "runs/tiny"
 
     # Scenarios: generated deterministically from data.seed; heldout uses unseen families and tools.
-    c.data = dict(seed=0, n_train=4096, n_heldout=384, tool_style="compact")
+    c.data = dict(seed=0, n_train=4096, n_heldout=352, tool_style="compact")
     # Fixed compile shapes (tokens): prompt, env segment, scripted turn; scenarios that do not fit are an error.
-    c.shapes = dict(prompt=192, seg=128, script=128)
+    c.shapes = dict(prompt=320, seg=128, script=128)
 
     # "builtin": SentencePiece trained on the scenario corpus and cached; "hf": a local Hugging Face tokenizer dir.
     c.tokenizer = dict(kind="builtin", vocab_size=2048, path="", cache_dir="cache")
 
     # Model: a preset name plus overrides; hf_dir loads real weights (and their config) instead.
     c.model = dict(preset="tiny", hf_dir="", dtype="float32", param_dtype="float32",
-                   d_model=192, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=48, mlp_dim=512)
+                   d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=32, mlp_dim=384)
     c.mesh = dict(shape=(1, 1, 1), axes=("data", "fsdp", "tensor"))
 
-    c.env = dict(check_yes_prob=0.5, max_turns=6, max_turn_tokens=128, max_tokens=352)
+    c.env = dict(check_yes_prob=0.5, max_turns=6, max_turn_tokens=96, max_tokens=352)
 
     # Reward: "shaped" (weights below) or "paper" (EOS * THINK * R_label, exactly as the paper).
     c.reward = dict(kind="shaped", channels="user_tool",
@@ -36,14 +36,14 @@ def get_config() -> config_dict.ConfigDict:
                                  harmful_call=1.0, injection=0.5, over_refusal=0.5, needless_check=0.3))
 
     # SFT warm start: a capable but unsafe base (the paper's "No Defense" model).
-    c.sft = dict(steps=300, batch_size=32, lr=3e-3, warmup=20, weight_decay=0.0,
-                 mixture=dict(always_execute=0.92, oracle=0.08))
+    c.sft = dict(steps=150, batch_size=32, lr=5e-3, warmup=10, weight_decay=0.0,
+                 mixture=dict(always_execute=0.9, oracle=0.1))
 
     c.grpo = dict(steps=60, n_scenarios=16, group_size=8, temperature=1.0, lr=1e-3, warmup=5,
                   mu=1, minibatch_size=64, eps_low=0.2, eps_high=0.28, beta=0.0, kl_estimator="k3",
                   adv_mode="std", adv_eps=1e-6, aggregation="token_mean", constant_norm=0.0, max_grad_norm=1.0)
 
-    c.eval = dict(n_heldout=384, batch_size=128, temperature=0.0, safety_k=4, every=20)
+    c.eval = dict(batch_size=176, temperature=0.0, every=10)
     c.checkpoint = dict(every=20, keep=2)
     c.log_every = 1
     return c

@@ -1,0 +1,81 @@
+"""End to end: `launch/train.py` on the micro config, its outputs, and exact resumption after SIGKILL."""
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _cmd(workdir, cache):
+    return [sys.executable, str(ROOT / "launch" / "train.py"), "--config", str(ROOT / "configs" / "micro.py"),
+            f"--config.workdir={workdir}", f"--config.tokenizer.cache_dir={cache}"]
+
+
+def _run(workdir, cache, timeout=600):
+    out = subprocess.run(_cmd(workdir, cache), cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("tokenizer")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory, cache):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    out = _run(workdir, cache)
+    return workdir, out.stdout
+
+
+def _records(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_end_to_end_outputs(finished):
+    workdir, stdout = finished
+    final = json.loads((workdir / "final_metrics.json").read_text())
+    names = ("malicious_refusal", "sensitive_verification", "benign_success", "over_refusal", "over_verification")
+    for phase in ("base", "aligned"):
+        assert all(n in final[phase] for n in names)
+        assert any(k.startswith("cell/") for k in final[phase])
+        assert all(v is None or 0.0 <= v <= 1.0 for v in final[phase].values())
+    assert "| heldout metric | base (SFT) | aligned (GRPO) |" in stdout
+    assert (workdir / "safety_utility.png").stat().st_size > 1000
+    recs = _records(workdir)
+    assert [r["step"] for r in recs] == list(range(1, 7))  # 4 SFT + 2 GRPO steps, each logged once
+    grpo_rec = recs[-1]
+    for key in ("grpo/loss", "grpo/entropy", "grpo/approx_kl", "grpo/clip_frac_low", "grpo/clip_frac_high",
+                "reward/total", "tokens_per_s", "train/user_table/malicious/refused", "eval/malicious_refusal"):
+        assert key in grpo_rec, key
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [4, 6]
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["grpo"]["steps"] == 2
+
+
+def test_resume_after_sigkill_matches_uninterrupted(finished, cache, tmp_path):
+    ref_dir, _ = finished
+    workdir = tmp_path / "killed"
+    proc = subprocess.Popen(_cmd(workdir, cache), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while not (workdir / "checkpoints" / "2").is_dir():  # orbax renames a checkpoint into place when it is done
+        assert proc.poll() is None, "the run ended before its first checkpoint"
+        assert time.time() < deadline
+        time.sleep(0.2)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (workdir / "final_metrics.json").exists()
+    out = _run(workdir, cache)
+    assert "resumed from" in out.stdout
+    assert json.loads((workdir / "final_metrics.json").read_text()) == \
+        json.loads((ref_dir / "final_metrics.json").read_text())
+    # The resumed run's log matches the uninterrupted one step for step (wall-clock rates aside).
+    strip = lambda r: {k: v for k, v in r.items() if k != "tokens_per_s"}  # noqa: E731
+    assert [strip(r) for r in _records(workdir)] == [strip(r) for r in _records(ref_dir)]
