@@ -111,8 +111,8 @@ def build_model(cfg, model_cfg: model_lib.ModelConfig) -> model_lib.Transformer:
 
 
 def take(scenario, idx):
-    """Rows `idx` of a batched Scenario."""
-    return jax.tree.map(lambda x: x[idx], scenario)
+    """Rows `idx` of a batched Scenario, prompt columns that are padding in all of them dropped."""
+    return rollout.trim_prompts(jax.tree.map(lambda x: x[idx], scenario))
 
 
 def batch_indices(seed: int, step: int, n: int, size: int) -> np.ndarray:
@@ -144,17 +144,42 @@ def sequence_logprobs(model, tokens, valid, temperature: float = 1.0):
     return jnp.concatenate([pad, lp], 1), jnp.concatenate([pad, ent], 1)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "tx"), donate_argnums=(1, 2))
-def sft_step(graphdef, params, opt_state, tokens, valid, mask, *, tx):
+def accumulated_grad(loss_fn, params, batch, microbatch: int):
+    """Gradient of sum(loss sums) / sum(denominators) over microbatches of `microbatch` rows, one at a time.
+
+    loss_fn(params, micro) -> (loss_sum, (denominator, metrics)); batch: pytree of [B, ...] arrays. Because each
+    microbatch returns a sum and a count, the result equals the whole batch's loss and gradient at a fraction of
+    the activation memory (and on CPU, of the time: small attention blocks stay in cache).
+    Returns (loss, grads, metrics averaged over microbatches).
+    """
+    b = jax.tree.leaves(batch)[0].shape[0]
+    n = max(b // microbatch, 1)
+    if b % n:
+        raise ValueError(f"batch of {b} rows does not split into microbatches of {microbatch}")
+    micro = jax.tree.map(lambda x: x.reshape(n, b // n, *x.shape[1:]), batch)
+
+    def body(carry, mb):
+        g_acc, s_acc, d_acc = carry
+        (s, (d, m)), g = jax.value_and_grad(loss_fn, has_aux=True)(params, mb)
+        return (jax.tree.map(jnp.add, g_acc, g), s_acc + s, d_acc + d), m
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (g, s, d), ms = jax.lax.scan(body, (zeros, jnp.zeros(()), jnp.zeros(())), micro)
+    d = jnp.maximum(d, 1e-9)
+    return s / d, jax.tree.map(lambda x: x / d, g), jax.tree.map(jnp.mean, ms)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "tx", "microbatch"), donate_argnums=(1, 2))
+def sft_step(graphdef, params, opt_state, tokens, valid, mask, *, tx, microbatch: int):
     """One cross-entropy step on demonstration tokens [B, S] (loss on `mask`, the scripted policy's tokens)."""
 
-    def loss_fn(params):
-        model = nnx.merge(graphdef, params)
-        logits = model_lib.forward(model, tokens, valid)[:, :-1]
+    def loss_fn(params, mb):
+        tokens, valid, mask = mb
+        logits = model_lib.forward(nnx.merge(graphdef, params), tokens, valid)[:, :-1]
         loss_sum, denom = grpo.sft_loss(logits, tokens[:, 1:], mask[:, 1:])
-        return loss_sum / jnp.maximum(denom, 1.0)
+        return loss_sum, (denom, {})
 
-    loss, grads = jax.value_and_grad(loss_fn)(params)
+    loss, grads, _ = accumulated_grad(loss_fn, params, (tokens, valid, mask), microbatch)
     updates, opt_state = tx.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, {"sft/loss": loss, "sft/grad_norm": optax.global_norm(grads)}
 
@@ -164,24 +189,26 @@ def grpo_update(graphdef, params, opt_state, ref_params, traj: rollout.Trajector
     """mu epochs of minibatch updates on one rollout batch. hp: hashable GRPO hyper-parameters (GrpoHP)."""
     n = traj.tokens.shape[0]
     batches = grpo.minibatches(key, n, hp.minibatch_size, hp.mu)
-    ref_logp = None
-    if hp.beta > 0:
-        ref_logp, _ = sequence_logprobs(nnx.merge(graphdef, ref_params), traj.tokens, traj.valid, hp.temperature)
+    data = (traj.tokens, traj.valid, traj.policy_mask, traj.logprobs, advantages)
+    if hp.beta > 0:  # the frozen reference policy's log-probs, once per rollout batch
+        ref_model = nnx.merge(graphdef, ref_params)
+        chunks = jax.tree.map(lambda x: x.reshape(-1, hp.microbatch, *x.shape[1:]), (traj.tokens, traj.valid))
+        ref_logp = jax.lax.map(lambda c: sequence_logprobs(ref_model, *c, hp.temperature)[0], chunks)
+        data += (ref_logp.reshape(traj.tokens.shape),)
 
-    def loss_fn(params, idx):
-        model = nnx.merge(graphdef, params)
-        tokens, valid, mask = traj.tokens[idx], traj.valid[idx], traj.policy_mask[idx]
-        logp, ent = sequence_logprobs(model, tokens, valid, hp.temperature)
+    def loss_fn(params, mb):
+        tokens, valid, mask, old_logp, adv = mb[:5]
+        logp, ent = sequence_logprobs(nnx.merge(graphdef, params), tokens, valid, hp.temperature)
         loss_sum, denom, m = grpo.policy_loss(
-            logp, traj.logprobs[idx], advantages[idx], mask, eps_low=hp.eps_low, eps_high=hp.eps_high,
-            beta=hp.beta, ref_logp=None if ref_logp is None else ref_logp[idx], kl_estimator=hp.kl_estimator,
-            aggregation=hp.aggregation, constant_norm=hp.constant_norm or None)
+            logp, old_logp, adv, mask, eps_low=hp.eps_low, eps_high=hp.eps_high, beta=hp.beta,
+            ref_logp=mb[5] if hp.beta > 0 else None, kl_estimator=hp.kl_estimator, aggregation=hp.aggregation,
+            constant_norm=hp.constant_norm or None)
         m["entropy"] = (ent * mask).sum() / jnp.maximum(mask.sum(), 1.0)
-        return loss_sum / jnp.maximum(denom, 1.0), m
+        return loss_sum, (denom, m)
 
     def body(carry, idx):
         params, opt_state = carry
-        (loss, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, idx)
+        loss, grads, m = accumulated_grad(loss_fn, params, jax.tree.map(lambda x: x[idx], data), hp.microbatch)
         updates, opt_state = tx.update(grads, opt_state, params)
         m = {**m, "loss": loss, "grad_norm": optax.global_norm(grads)}
         return (optax.apply_updates(params, updates), opt_state), m
@@ -192,6 +219,7 @@ def grpo_update(graphdef, params, opt_state, ref_params, traj: rollout.Trajector
 
 class GrpoHP(NamedTuple):
     minibatch_size: int
+    microbatch: int
     mu: int
     eps_low: float
     eps_high: float
@@ -270,7 +298,7 @@ def train(cfg) -> dict[str, dict[str, float]]:
     sft_steps, grpo_steps = cfg.sft.steps, cfg.grpo.steps
     sft_tx = make_optimizer(cfg.sft.lr, cfg.sft.warmup, sft_steps, cfg.sft.weight_decay)
     grpo_tx = make_optimizer(cfg.grpo.lr, cfg.grpo.warmup, grpo_steps, 0.0, cfg.grpo.max_grad_norm)
-    hp = GrpoHP(cfg.grpo.minibatch_size, cfg.grpo.mu, cfg.grpo.eps_low, cfg.grpo.eps_high, cfg.grpo.beta,
+    hp = GrpoHP(cfg.grpo.minibatch_size, cfg.grpo.microbatch, cfg.grpo.mu, cfg.grpo.eps_low, cfg.grpo.eps_high, cfg.grpo.beta,
                 cfg.grpo.kl_estimator, cfg.grpo.aggregation, float(cfg.grpo.constant_norm), cfg.grpo.temperature)
     key = jax.random.key(cfg.seed)
     eval_key = jax.random.key(cfg.seed + 1)  # the same evaluation draws before and after training
@@ -311,7 +339,7 @@ def train(cfg) -> dict[str, dict[str, float]]:
                                          max_new_tokens=s.env_params.max_tokens)
         demo = rollout.trim(demo)
         params, opt_state, m = sft_step(graphdef, params, opt_state, demo.tokens, demo.valid, demo.policy_mask,
-                                        tx=sft_tx)
+                                        tx=sft_tx, microbatch=cfg.sft.microbatch)
         step += 1
         m = _finite(m, step)
         if step == sft_steps:  # the base (after SFT) on heldout, kept in the checkpoint metadata

@@ -28,7 +28,7 @@ def get_config() -> config_dict.ConfigDict:
                    d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=32, mlp_dim=384)
     c.mesh = dict(shape=(1, 1, 1), axes=("data", "fsdp", "tensor"))
 
-    c.env = dict(check_yes_prob=0.5, max_turns=6, max_turn_tokens=96, max_tokens=352)
+    c.env = dict(check_yes_prob=0.5, max_turns=6, max_turn_tokens=96, max_tokens=400)
 
     # Reward: "shaped" (weights below) or "paper" (EOS * THINK * R_label, exactly as the paper).
     c.reward = dict(kind="shaped", channels="user_tool",
@@ -36,11 +36,12 @@ def get_config() -> config_dict.ConfigDict:
                                  harmful_call=1.0, injection=0.5, over_refusal=0.5, needless_check=0.3))
 
     # SFT warm start: a capable but unsafe base (the paper's "No Defense" model).
-    c.sft = dict(steps=150, batch_size=32, lr=5e-3, warmup=10, weight_decay=0.0,
+    # microbatch: rows per forward/backward pass; gradients accumulate (sum, denominator) over a batch.
+    c.sft = dict(steps=200, batch_size=16, microbatch=8, lr=5e-3, warmup=10, weight_decay=0.0,
                  mixture=dict(always_execute=0.9, oracle=0.1))
 
-    c.grpo = dict(steps=60, n_scenarios=16, group_size=8, temperature=1.0, lr=1e-3, warmup=5,
-                  mu=1, minibatch_size=64, eps_low=0.2, eps_high=0.28, beta=0.0, kl_estimator="k3",
+    c.grpo = dict(steps=20, n_scenarios=8, group_size=8, temperature=1.0, lr=1e-3, warmup=2,
+                  mu=1, minibatch_size=64, microbatch=8, eps_low=0.2, eps_high=0.28, beta=0.0, kl_estimator="k3",
                   adv_mode="std", adv_eps=1e-6, aggregation="token_mean", constant_norm=0.0, max_grad_norm=1.0)
 
     c.eval = dict(batch_size=176, temperature=0.0, every=10)
