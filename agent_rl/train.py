@@ -28,6 +28,7 @@ from agent_rl import checkpoint as ckpt
 from agent_rl import grpo
 from agent_rl import model as model_lib
 from agent_rl import rollout
+from agent_rl import sharding
 from agent_rl import tokenizer as tok_lib
 from agent_rl import plots
 from agent_rl.metrics_log import MetricsLogger, progress, read_jsonl
@@ -110,7 +111,7 @@ def build_model(cfg, model_cfg: model_lib.ModelConfig) -> model_lib.Transformer:
     return model_lib.Transformer(model_cfg, rngs=nnx.Rngs(cfg.seed))
 
 
-def take(scenario, idx):
+def take_rows(scenario, idx):
     """Rows `idx` of a batched Scenario, prompt columns that are padding in all of them dropped."""
     return rollout.trim_prompts(jax.tree.map(lambda x: x[idx], scenario))
 
@@ -255,7 +256,7 @@ def score(reward_cfg, env_state, scenario):
 # Evaluation on a split (greedy by default).
 
 
-def evaluate(graphdef, params, scenarios: T.Scenario, setup_: Setup, cfg, key) -> dict[str, float | None]:
+def evaluate(graphdef, params, scenarios: T.Scenario, setup_: Setup, cfg, key, mesh=None) -> dict[str, float | None]:
     """Named sandbox metrics (sandbox.metrics.summarize) of the model on every scenario of a split.
 
     A metric with no qualifying episode (e.g. injection success when no tool response was reached) is None.
@@ -266,7 +267,8 @@ def evaluate(graphdef, params, scenarios: T.Scenario, setup_: Setup, cfg, key) -
     for i in range(0, n, bs):
         idx = np.arange(i, min(i + bs, n))
         idx = np.pad(idx, (0, bs - idx.size), mode="edge")  # one compiled shape; duplicates are dropped below
-        batch = take(scenarios, idx)
+        batch = take_rows(scenarios, idx)
+        batch = batch if mesh is None else sharding.shard_batch(batch, mesh)
         traj = rollout.sample_episodes(graphdef, params, batch, setup_.vocab, jax.random.fold_in(key, i),
                                        setup_.env_params, cfg.eval.temperature,
                                        max_new_tokens=setup_.env_params.max_tokens)
@@ -291,9 +293,17 @@ def train(cfg) -> dict[str, dict[str, float]]:
     s = setup(cfg)
     print(f"tokenizer vocab {s.tokenizer.vocab_size}; scenarios: {s.train.prompt.shape[0]} train, "
           f"{s.heldout.prompt.shape[0]} heldout; prompt {s.train.prompt.shape[1]} tokens", flush=True)
-    model = build_model(cfg, s.model_cfg)
+    mesh = sharding.make_mesh(tuple(cfg.mesh.shape), tuple(cfg.mesh.axes))
+    with jax.set_mesh(mesh):
+        return _train(cfg, s, mesh, workdir, t_start)
+
+
+def _train(cfg, s: Setup, mesh, workdir: pathlib.Path, t_start: float):
+    # Parameters are placed on the mesh by their logical axes; batches are split over its data axes.
+    model = sharding.shard_model(build_model(cfg, s.model_cfg), mesh)
     graphdef, params = nnx.split(model, nnx.Param)
-    print(f"model: {s.model_cfg.n_params / 1e6:.2f}M parameters", flush=True)
+    print(f"model: {s.model_cfg.n_params / 1e6:.2f}M parameters on mesh {dict(mesh.shape)}", flush=True)
+    take = lambda scenario, idx: sharding.shard_batch(take_rows(scenario, idx), mesh)  # noqa: E731
 
     sft_steps, grpo_steps = cfg.sft.steps, cfg.grpo.steps
     sft_tx = make_optimizer(cfg.sft.lr, cfg.sft.warmup, sft_steps, cfg.sft.weight_decay)
@@ -343,14 +353,14 @@ def train(cfg) -> dict[str, dict[str, float]]:
         step += 1
         m = _finite(m, step)
         if step == sft_steps:  # the base (after SFT) on heldout, kept in the checkpoint metadata
-            meta["base"] = evaluate(graphdef, params, s.heldout, s, cfg, eval_key)
+            meta["base"] = evaluate(graphdef, params, s.heldout, s, cfg, eval_key, mesh)
             m.update({f"eval/{k}": v for k, v in meta["base"].items() if v is not None})
         logger.log(step, _measured(m))
         bar.update(1)
         bar.set_postfix(loss=f"{m['sft/loss']:.3f}")
         save(step, {"params": params, "opt_state": opt_state}, force=step == sft_steps)
     if "base" not in meta:  # no SFT phase: the base is the initial model
-        meta["base"] = evaluate(graphdef, params, s.heldout, s, cfg, eval_key)
+        meta["base"] = evaluate(graphdef, params, s.heldout, s, cfg, eval_key, mesh)
     (workdir / "base_metrics.json").write_text(json.dumps(meta["base"], indent=2))
     if ref_params is None:
         ref_params = jax.tree.map(jnp.copy, params)  # the frozen reference policy for the KL term
@@ -362,7 +372,7 @@ def train(cfg) -> dict[str, dict[str, float]]:
         gstep = step - sft_steps
         k_roll, k_upd = jax.random.split(jax.random.fold_in(key, step))
         idx = batch_indices(cfg.data.seed + 1, gstep, s.train.prompt.shape[0], n_sc)
-        batch = rollout.repeat_group(take(s.train, idx), g)
+        batch = sharding.shard_batch(rollout.repeat_group(take_rows(s.train, idx), g), mesh)
         t0 = time.time()
         traj = rollout.sample_episodes(graphdef, params, batch, s.vocab, k_roll, s.env_params,
                                        cfg.grpo.temperature, max_new_tokens=s.env_params.max_tokens)
@@ -383,7 +393,7 @@ def train(cfg) -> dict[str, dict[str, float]]:
                                                                          np.asarray(batch.tool_kind)).items()})
         last = step == sft_steps + grpo_steps
         if last or (cfg.eval.every and (step - sft_steps) % cfg.eval.every == 0):
-            evaluated = evaluate(graphdef, params, s.heldout, s, cfg, eval_key)
+            evaluated = evaluate(graphdef, params, s.heldout, s, cfg, eval_key, mesh)
             m.update({f"eval/{k}": v for k, v in evaluated.items() if v is not None})
             if last:
                 meta["aligned"] = evaluated
@@ -397,7 +407,7 @@ def train(cfg) -> dict[str, dict[str, float]]:
 
     logger.close()
     if "aligned" not in meta:  # no GRPO phase, or the run had already finished
-        meta["aligned"] = evaluate(graphdef, params, s.heldout, s, cfg, eval_key)
+        meta["aligned"] = evaluate(graphdef, params, s.heldout, s, cfg, eval_key, mesh)
     final = {"base": meta["base"], "aligned": meta["aligned"]}
     (workdir / "final_metrics.json").write_text(json.dumps(final, indent=2))
     plot(workdir)
@@ -438,7 +448,7 @@ def final_table(base: dict, aligned: dict) -> str:
     rows = ["| heldout metric | base (SFT) | aligned (GRPO) |", "|---|---:|---:|"]
     keys = list(HEADLINE) + sorted(k for k in base if k.startswith("cell/"))
     for k in keys:
-        if k in base or k in aligned:
+        if base.get(k) is not None or aligned.get(k) is not None:
             rows.append(f"| {k} | {_fmt(base.get(k))} | {_fmt(aligned.get(k))} |")
     return "\n".join(rows)
 
