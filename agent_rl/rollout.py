@@ -170,6 +170,14 @@ def trim(traj: Trajectory, multiple: int = 32) -> Trajectory:
                          logprobs=cut(traj.logprobs))
 
 
+def trim_prompts(scenario, multiple: int = 32):
+    """Drop prompt columns that are padding in every row of this batch (prompts are left-padded), keeping the width
+    a multiple of `multiple`: a shorter KV cache and prefill for batches of short prompts."""
+    width = scenario.prompt.shape[1]
+    keep = min(width, -(-int(np.max(scenario.prompt_len)) // multiple) * multiple)
+    return scenario.replace(prompt=scenario.prompt[:, width - keep:])
+
+
 def repeat_group(scenario, group_size: int):
     """[N, ...] scenarios -> [N * G, ...]: each scenario G times in a row (one GRPO group per scenario)."""
     return jax.tree.map(lambda x: jnp.repeat(x, group_size, axis=0), scenario)
