@@ -127,6 +127,29 @@ def batch_indices(seed: int, step: int, n: int, size: int) -> np.ndarray:
     return np.asarray(out, np.int32)
 
 
+def demonstrations(cfg, s: Setup, key) -> rollout.Trajectory:
+    """The SFT set: one scripted episode per train scenario, its policy drawn from `cfg.sft.mixture`, rendered
+    through the rollout's token path in large batches once (host arrays [N_train, P + T], env state dropped)."""
+    names = list(cfg.sft.mixture.keys())
+    unknown = [k for k in names if k not in T.POLICIES]
+    if unknown:
+        raise ValueError(f"config.sft.mixture: unknown scripted policies {unknown}; known: {list(T.POLICIES)}")
+    probs = np.asarray([cfg.sft.mixture[k] for k in names], np.float64)
+    n = s.train.prompt.shape[0]
+    pid = np.asarray([T.POLICIES.index(k) for k in names], np.int32)[
+        np.random.default_rng([cfg.seed, 0]).choice(len(names), size=n, p=probs / probs.sum())]
+    chunks = []
+    for i in range(0, n, 1024):
+        idx = np.arange(i, min(i + 1024, n))
+        traj = rollout.scripted_episodes(jnp.asarray(pid[idx]), take_rows(s.train, idx), s.vocab,
+                                         jax.random.fold_in(key, i), s.env_params,
+                                         max_new_tokens=s.env_params.max_tokens)
+        traj = traj._replace(env_state=None)
+        width = s.train.prompt.shape[1] + s.env_params.max_tokens  # chunks may have trimmed different prompt widths
+        chunks.append(jax.tree.map(lambda x: np.pad(np.asarray(x), ((0, 0), (width - x.shape[1], 0))), traj))
+    return jax.tree.map(lambda *xs: np.concatenate(xs), *chunks)
+
+
 def make_optimizer(lr: float, warmup: int, steps: int, weight_decay: float, max_grad_norm: float = 1.0):
     schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), max(steps, warmup + 1), lr * 0.1)
     return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adamw(schedule, weight_decay=weight_decay))
@@ -303,7 +326,6 @@ def _train(cfg, s: Setup, mesh, workdir: pathlib.Path, t_start: float):
     model = sharding.shard_model(build_model(cfg, s.model_cfg), mesh)
     graphdef, params = nnx.split(model, nnx.Param)
     print(f"model: {s.model_cfg.n_params / 1e6:.2f}M parameters on mesh {dict(mesh.shape)}", flush=True)
-    take = lambda scenario, idx: sharding.shard_batch(take_rows(scenario, idx), mesh)  # noqa: E731
 
     sft_steps, grpo_steps = cfg.sft.steps, cfg.grpo.steps
     sft_tx = make_optimizer(cfg.sft.lr, cfg.sft.warmup, sft_steps, cfg.sft.weight_decay)
@@ -335,19 +357,12 @@ def _train(cfg, s: Setup, mesh, workdir: pathlib.Path, t_start: float):
         ckpt.save(manager, step, state, {"step": step, "config": cfg.to_dict(), **meta, **extra}, force=force)
 
     # SFT warm start on scripted demonstrations: mostly the capable-but-unsafe always_execute.
-    names = list(cfg.sft.mixture.keys())
-    probs = np.asarray([cfg.sft.mixture[k] for k in names], np.float64)
-    policy_ids = np.asarray([T.POLICIES.index(k) for k in names], np.int32)
     bar = progress(total=sft_steps + grpo_steps, initial=step, desc="train")
+    if step < sft_steps:
+        demos = demonstrations(cfg, s, jax.random.key(cfg.seed + 2))
     while step < sft_steps:
-        k = jax.random.fold_in(key, step)
-        idx = batch_indices(cfg.data.seed, step, s.train.prompt.shape[0], cfg.sft.batch_size)
-        rng = np.random.default_rng([cfg.seed, step])
-        pid = policy_ids[rng.choice(len(names), size=idx.size, p=probs / probs.sum())]
-        batch = take(s.train, idx)
-        demo = rollout.scripted_episodes(jnp.asarray(pid), batch, s.vocab, k, s.env_params,
-                                         max_new_tokens=s.env_params.max_tokens)
-        demo = rollout.trim(demo)
+        idx = batch_indices(cfg.data.seed, step, demos.tokens.shape[0], cfg.sft.batch_size)
+        demo = sharding.shard_batch(rollout.trim(jax.tree.map(lambda x: x[idx], demos)), mesh)
         params, opt_state, m = sft_step(graphdef, params, opt_state, demo.tokens, demo.valid, demo.policy_mask,
                                         tx=sft_tx, microbatch=cfg.sft.microbatch)
         step += 1
@@ -416,13 +431,14 @@ def _train(cfg, s: Setup, mesh, workdir: pathlib.Path, t_start: float):
     return final
 
 
-def plot(workdir: pathlib.Path) -> None:
-    """Safety and utility against steps, from the eval records of metrics.jsonl (metrics never measured skipped)."""
+def plot(workdir: pathlib.Path, prefix: str = "train/") -> None:
+    """Safety and utility against GRPO steps, from metrics.jsonl: `train/` are the rollout batches of each step,
+    `eval/` the heldout evaluations (every `eval.every` steps). Metrics never measured are skipped."""
     records = read_jsonl(workdir / "metrics.jsonl")
     seen = {k for r in records for k in r}
-    keep = lambda names: [n for n in names if f"eval/{n.removeprefix('1-')}" in seen]  # noqa: E731
+    keep = lambda names: [n for n in names if f"{prefix}{n.removeprefix('1-')}" in seen]  # noqa: E731
     plot_safety_utility(workdir / "metrics.jsonl", workdir / "safety_utility.png", safety=keep(plots.SAFETY),
-                        utility=keep(plots.UTILITY))
+                        utility=keep(plots.UTILITY), prefix=prefix)
 
 
 def _finite(m: dict, step: int) -> dict:
