@@ -308,6 +308,7 @@ def evaluate(graphdef, params, scenarios: T.Scenario, setup_: Setup, cfg, key, m
 
 
 def train(cfg) -> dict[str, dict[str, float]]:
+    """Run (or resume) the job the config names; returns {"base": metrics, "aligned": metrics} on heldout."""
     workdir = pathlib.Path(cfg.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(cfg.to_json(indent=2))
@@ -317,11 +318,15 @@ def train(cfg) -> dict[str, dict[str, float]]:
     print(f"tokenizer vocab {s.tokenizer.vocab_size}; scenarios: {s.train.prompt.shape[0]} train, "
           f"{s.heldout.prompt.shape[0]} heldout; prompt {s.train.prompt.shape[1]} tokens", flush=True)
     mesh = sharding.make_mesh(tuple(cfg.mesh.shape), tuple(cfg.mesh.axes))
-    with jax.set_mesh(mesh):
-        return _train(cfg, s, mesh, workdir, t_start)
+    manager = ckpt.make_manager(workdir / "checkpoints", keep=cfg.checkpoint.keep, every=cfg.checkpoint.every)
+    try:
+        with jax.set_mesh(mesh):
+            return _train(cfg, s, mesh, workdir, t_start, manager)
+    finally:  # however the run ends (a non-finite loss included), pending checkpoint writes complete
+        ckpt.wait(manager)
 
 
-def _train(cfg, s: Setup, mesh, workdir: pathlib.Path, t_start: float):
+def _train(cfg, s: Setup, mesh, workdir: pathlib.Path, t_start: float, manager):
     # Parameters are placed on the mesh by their logical axes; batches are split over its data axes.
     model = sharding.shard_model(build_model(cfg, s.model_cfg), mesh)
     graphdef, params = nnx.split(model, nnx.Param)
@@ -330,11 +335,11 @@ def _train(cfg, s: Setup, mesh, workdir: pathlib.Path, t_start: float):
     sft_steps, grpo_steps = cfg.sft.steps, cfg.grpo.steps
     sft_tx = make_optimizer(cfg.sft.lr, cfg.sft.warmup, sft_steps, cfg.sft.weight_decay)
     grpo_tx = make_optimizer(cfg.grpo.lr, cfg.grpo.warmup, grpo_steps, 0.0, cfg.grpo.max_grad_norm)
-    hp = GrpoHP(cfg.grpo.minibatch_size, cfg.grpo.microbatch, cfg.grpo.mu, cfg.grpo.eps_low, cfg.grpo.eps_high, cfg.grpo.beta,
-                cfg.grpo.kl_estimator, cfg.grpo.aggregation, float(cfg.grpo.constant_norm), cfg.grpo.temperature)
+    g_cfg = cfg.grpo
+    hp = GrpoHP(g_cfg.minibatch_size, g_cfg.microbatch, g_cfg.mu, g_cfg.eps_low, g_cfg.eps_high, g_cfg.beta,
+                g_cfg.kl_estimator, g_cfg.aggregation, float(g_cfg.constant_norm), g_cfg.temperature)
     key = jax.random.key(cfg.seed)
     eval_key = jax.random.key(cfg.seed + 1)  # the same evaluation draws before and after training
-    manager = ckpt.make_manager(workdir / "checkpoints", keep=cfg.checkpoint.keep, every=cfg.checkpoint.every)
     logger = MetricsLogger(workdir)
 
     # Restore: the checkpoint's global step says which phase it belongs to (and so its optimizer's structure).
@@ -352,9 +357,10 @@ def _train(cfg, s: Setup, mesh, workdir: pathlib.Path, t_start: float):
         print(f"resumed from {workdir / 'checkpoints'} at step {step}", flush=True)
     else:
         opt_state = sft_tx.init(params)
+        logger.resume(0)  # a run killed before its first checkpoint starts its log afresh
 
-    def save(step, state, force=False, **extra):
-        ckpt.save(manager, step, state, {"step": step, "config": cfg.to_dict(), **meta, **extra}, force=force)
+    def save(step, state, force=False):
+        ckpt.save(manager, step, state, {"step": step, "config": cfg.to_dict(), **meta}, force=force)
 
     # SFT warm start on scripted demonstrations: mostly the capable-but-unsafe always_execute.
     bar = progress(total=sft_steps + grpo_steps, initial=step, desc="train")
@@ -401,6 +407,7 @@ def _train(cfg, s: Setup, mesh, workdir: pathlib.Path, t_start: float):
         m = _finite(m, step)
         m.update({f"reward/{k}": float(jnp.mean(v)) for k, v in comps.items()})
         m["reward/total"] = float(jnp.mean(reward))
+        # Episode tokens (generated + inserted) per second of the whole step: rollout, scoring and update.
         m["tokens_per_s"] = float(traj.valid[:, batch.prompt.shape[1]:].sum()) / (time.time() - t0)
         m["policy_tokens"] = n_policy_tokens
         o = jax.tree.map(np.asarray, outcome)

@@ -96,19 +96,24 @@ def _tokenizer(cfg, where: str):
 
 
 def load_checkpoint(path: str, config: Any = None) -> ModelPolicy:
-    """The latest checkpoint of a training run. Rebuilds tokenizer and model from the run's config
+    """The latest checkpoint of a training run (`PATH@STEP`: that step). Rebuilds tokenizer and model from the run's config
     (`<workdir>/config.json`, else the checkpoint's meta "config") and restores only the params from the saved
     state (whatever phase, and so optimizer structure, the step belongs to). `config` is not used: the run's own
     config is what the weights were trained with."""
     del config
     from agent_rl import train
 
+    want = None
+    if "@" in path and path.rsplit("@", 1)[1].isdigit():  # checkpoint:WORKDIR@STEP picks a step (e.g. the SFT base)
+        path, want = path.rsplit("@", 1)[0], int(path.rsplit("@", 1)[1])
     workdir, cdir = _checkpoint_dirs(path)
     options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
     with ocp.CheckpointManager(cdir.resolve(), options=options, item_names=(ckpt.STATE, ckpt.META)) as manager:
-        step = manager.latest_step()
+        step = manager.latest_step() if want is None else want
         if step is None:
             raise PolicyError(f"checkpoint: no finished checkpoint in {cdir}")
+        if step not in manager.all_steps():
+            raise PolicyError(f"checkpoint: no step {step} in {cdir} (have {sorted(manager.all_steps())})")
         cfg_path = workdir / "config.json"
         if cfg_path.is_file():
             cfg = ml_collections.ConfigDict(json.loads(cfg_path.read_text()))

@@ -79,3 +79,16 @@ def test_resume_after_sigkill_matches_uninterrupted(finished, cache, tmp_path):
     # The resumed run's log matches the uninterrupted one step for step (wall-clock rates aside).
     strip = lambda r: {k: v for k, v in r.items() if k != "tokens_per_s"}  # noqa: E731
     assert [strip(r) for r in _records(workdir)] == [strip(r) for r in _records(ref_dir)]
+
+
+def test_non_finite_loss_stops_with_one_line_naming_the_step(cache, tmp_path):
+    """A learning rate that blows the weights up: the run stops at the first non-finite loss, naming the step, and
+    the checkpoint before it stays."""
+    cmd = _cmd(tmp_path, cache) + ["--config.sft.lr=1e30", "--config.sft.warmup=1", "--config.checkpoint.every=1"]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode != 0
+    line = out.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: non-finite sft/loss") and "at step" in line, line
+    step = int(line.split("at step ")[1].split(";")[0])
+    kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert kept and kept[-1] == step - 1

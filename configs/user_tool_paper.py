@@ -1,0 +1,11 @@
+"""The paper's variant: user+tool alignment with the paper reward (the default run, configs/tiny.py, is user+tool with
+the shaped reward). `python launch/train.py --config configs/user_tool_paper.py`."""
+from configs import tiny
+
+
+def get_config():
+    c = tiny.get_config()
+    c.workdir = "runs/user_tool_paper"
+    c.reward.channels = "user_tool"
+    c.reward.kind = "paper"
+    return c
