@@ -319,14 +319,16 @@ def train(cfg) -> dict[str, dict[str, float]]:
           f"{s.heldout.prompt.shape[0]} heldout; prompt {s.train.prompt.shape[1]} tokens", flush=True)
     mesh = sharding.make_mesh(tuple(cfg.mesh.shape), tuple(cfg.mesh.axes))
     manager = ckpt.make_manager(workdir / "checkpoints", keep=cfg.checkpoint.keep, every=cfg.checkpoint.every)
+    bar = progress(total=cfg.sft.steps + cfg.grpo.steps, desc="train")
     try:
         with jax.set_mesh(mesh):
-            return _train(cfg, s, mesh, workdir, t_start, manager)
+            return _train(cfg, s, mesh, workdir, t_start, manager, bar)
     finally:  # however the run ends (a non-finite loss included), pending checkpoint writes complete
+        bar.close()
         ckpt.wait(manager)
 
 
-def _train(cfg, s: Setup, mesh, workdir: pathlib.Path, t_start: float, manager):
+def _train(cfg, s: Setup, mesh, workdir: pathlib.Path, t_start: float, manager, bar):
     # Parameters are placed on the mesh by their logical axes; batches are split over its data axes.
     model = sharding.shard_model(build_model(cfg, s.model_cfg), mesh)
     graphdef, params = nnx.split(model, nnx.Param)
@@ -363,7 +365,7 @@ def _train(cfg, s: Setup, mesh, workdir: pathlib.Path, t_start: float, manager):
         ckpt.save(manager, step, state, {"step": step, "config": cfg.to_dict(), **meta}, force=force)
 
     # SFT warm start on scripted demonstrations: mostly the capable-but-unsafe always_execute.
-    bar = progress(total=sft_steps + grpo_steps, initial=step, desc="train")
+    bar.update(step)
     if step < sft_steps:
         demos = demonstrations(cfg, s, jax.random.key(cfg.seed + 2))
     while step < sft_steps:
@@ -425,7 +427,6 @@ def _train(cfg, s: Setup, mesh, workdir: pathlib.Path, t_start: float, manager):
         save(step, {"params": params, "opt_state": opt_state, "ref_params": ref_params},
              force=step == sft_steps + grpo_steps)
     bar.close()
-    ckpt.wait(manager)
 
     logger.close()
     if "aligned" not in meta:  # no GRPO phase, or the run had already finished
