@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 import pathlib
 import time
 from typing import Any, NamedTuple
@@ -286,7 +285,7 @@ def evaluate(graphdef, params, scenarios: T.Scenario, setup_: Setup, cfg, key, m
     """
     n = scenarios.prompt.shape[0]
     bs = cfg.eval.batch_size
-    outcomes, kinds = [], []
+    outcomes = []
     for i in range(0, n, bs):
         idx = np.arange(i, min(i + bs, n))
         idx = np.pad(idx, (0, bs - idx.size), mode="edge")  # one compiled shape; duplicates are dropped below
@@ -400,8 +399,9 @@ def _train(cfg, s: Setup, mesh, workdir: pathlib.Path, t_start: float, manager, 
         traj = rollout.sample_episodes(graphdef, params, batch, s.vocab, k_roll, s.env_params,
                                        cfg.grpo.temperature, max_new_tokens=s.env_params.max_tokens)
         outcome, reward, comps = score(cfg.reward, traj.env_state, batch)
+        update_batch = rollout.trim(traj)._replace(env_state=None)  # the update reads tokens, not env state
         adv = grpo.group_advantages(reward.reshape(n_sc, g), cfg.grpo.adv_mode, cfg.grpo.adv_eps).reshape(-1)
-        params, opt_state, m = grpo_update(graphdef, params, opt_state, ref_params, rollout.trim(traj), adv, k_upd,
+        params, opt_state, m = grpo_update(graphdef, params, opt_state, ref_params, update_batch, adv, k_upd,
                                            tx=grpo_tx, hp=hp)
         step += 1
         n_policy_tokens = float(traj.policy_mask.sum())
