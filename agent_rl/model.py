@@ -170,7 +170,8 @@ def preset(name: str, **kw) -> ModelConfig:
 class Cache(NamedTuple):
   """KV cache for lockstep decoding of a batch.
 
-  k, v:  [layers, batch, max_len, kv_heads, head_dim]  keys (already rotated) and values per slot
+  k, v:  [layers, batch, kv_heads, max_len, head_dim]  keys (already rotated) and values per slot; head-major, so
+         a block of slots is a contiguous [batch, kv_heads, block, head_dim] slice ready for a batched matmul
   valid: bool[batch, max_len]  slot holds a real token (False: padding or not yet written)
   pos:   int32[batch]          position id the row's next real token gets
   index: int32[]               next slot to write (shared by all rows)
@@ -188,7 +189,7 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) ->
   Size it for every slot that will be written (prompt + inserted chunks + decoded tokens): inside jit a write
   past the end cannot raise, and XLA clamps it onto the last slots.
   """
-  shape = (cfg.n_layers, batch, max_len, cfg.n_kv_heads, cfg.head_dim)
+  shape = (cfg.n_layers, batch, cfg.n_kv_heads, max_len, cfg.head_dim)
   dtype = cfg.compute_dtype if dtype is None else dtype
   return Cache(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype), valid=jnp.zeros((batch, max_len), bool),
                pos=jnp.zeros((batch,), jnp.int32), index=jnp.zeros((), jnp.int32))
@@ -269,6 +270,56 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
   if k_new is not None:
     out = out + jnp.einsum("bkgts,bskd->btkgd", probs[..., k.shape[1]:], v_new)
   return out.reshape(b, t, h, hd)
+
+
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, layer: jax.Array, mask: jax.Array,
+                     k_new: jax.Array, v_new: jax.Array, mask_new: jax.Array, n_used: jax.Array,
+                     block: int = 64) -> jax.Array:
+  """`attention` over one layer of a KV cache plus the new tokens, reading only the slots in use (flash-decoding).
+
+  q [B, T, heads, hd]; the whole cache k/v [layers, B, kv_heads, S, hd] and this layer's index; mask bool[B, T, S]
+  over the cache slots; new k/v [B, T, kv_heads, hd] with mask_new [B, T, T]; n_used int32[]: slots >= n_used
+  are masked for every query (the cache's write index).
+  Equals `attention(q, k[layer] (slot-major), v[layer], mask, k_new, v_new, mask_new)`: an online softmax runs over
+  the new block, then over blocks of `block` slots up to n_used in a while loop, each sliced straight out of the
+  cache (no per-layer copy), so a decoding step costs what the tokens written so far cost rather than the cache's
+  capacity (on a CPU, reading unused slots was most of a decoding step).
+  Not reverse-differentiable (training uses `forward`, which has no cache).
+  """
+  b, t, h, hd = q.shape
+  _, _, kvh, s_max, _ = k.shape
+  block = min(block, s_max)
+  q = q.reshape(b, t, kvh, h // kvh, hd).astype(jnp.float32) / math.sqrt(hd)
+  low = jnp.finfo(jnp.float32).min
+
+  def merge(carry, s, mask, v, spec):  # fold scores [B, kv, g, T, s] and their values into (max, sum, acc)
+    m, l, acc = carry
+    s = jnp.where(mask[:, None, None], s, low)
+    m2 = jnp.maximum(m, s.max(-1))
+    p = jnp.exp(s - m2[..., None])
+    scale = jnp.exp(m - m2)
+    acc = acc * scale[..., None] + jnp.einsum(spec, p, v.astype(jnp.float32))
+    return m2, l * scale + p.sum(-1), acc
+
+  s_new = jnp.einsum("btkgd,bskd->bkgts", q, k_new.astype(jnp.float32))
+  m0 = jnp.where(mask_new[:, None, None], s_new, low).max(-1)
+  init = (m0, jnp.zeros_like(m0), jnp.zeros((b, kvh, h // kvh, t, hd), jnp.float32))
+  init = merge(init, s_new, mask_new, v_new, "bkgts,bskd->bkgtd")
+  slots = jnp.arange(block)
+
+  def body(c):
+    i, carry = c
+    start = jnp.minimum(i * block, s_max - block)  # the last block may overlap the previous one: mask the overlap
+    kb = jax.lax.dynamic_slice(k, (layer, 0, 0, start, 0), (1, b, kvh, block, hd))[0]  # [B, kv, block, hd]
+    vb = jax.lax.dynamic_slice(v, (layer, 0, 0, start, 0), (1, b, kvh, block, hd))[0]
+    mb = jax.lax.dynamic_slice_in_dim(mask, start, block, axis=2) & (start + slots >= i * block)
+    s = jnp.einsum("btkgd,bksd->bkgts", q, kb.astype(jnp.float32))
+    return i + 1, merge(carry, s, mb, vb, "bkgts,bksd->bkgtd")
+
+  n_blocks = (jnp.minimum(n_used, s_max) + block - 1) // block
+  _, (m, l, acc) = jax.lax.while_loop(lambda c: c[0] < n_blocks, body, (jnp.zeros((), jnp.int32), init))
+  out = acc / l[..., None]  # l >= 1: the running max's own term
+  return jnp.moveaxis(out, 3, 1).reshape(b, t, h, hd).astype(v_new.dtype)
 
 
 class Attention(nnx.Module):
@@ -373,31 +424,32 @@ class Transformer(nnx.Module):
     if cache is not None:
       # The new keys/values attend from a separate block; the cache is only read inside the layer loop and
       # written once afterwards, so a loop carrying it (generate) can update it in place.
-      slots = jnp.arange(cache.k.shape[2])
+      slots = jnp.arange(cache.k.shape[3])
       fresh = (slots >= cache.index) & (slots < cache.index + t)  # slots being overwritten now
       mask_old = attn_mask & ~fresh
       mask_new = jax.lax.dynamic_slice_in_dim(attn_mask, cache.index, t, axis=2)
 
     def layer(x, xs):
-      state, k_old, v_old = xs
+      state, index = xs
       blk = nnx.merge(graphdef, state)
       h = rms_norm(x, blk.attn_norm[...], cfg.rms_eps)
       q, k, v = blk.attn.qkv(h, positions)
       if cache is None:
         y = attention(q, k, v, attn_mask)
       else:
-        y = attention(q, k_old.astype(dt), v_old.astype(dt), mask_old, k, v, mask_new)
+        y = cached_attention(q, cache.k, cache.v, index, mask_old, k, v, mask_new, cache.index)
       x = x + blk.attn.out(y)
       x = x + blk.mlp(rms_norm(x, blk.mlp_norm[...], cfg.rms_eps))
       return x, (k, v)
 
     if cfg.remat:
       layer = jax.checkpoint(layer)
-    kv = (None, None) if cache is None else (cache.k, cache.v)
-    x, (k_new, v_new) = jax.lax.scan(layer, x, (block_state, *kv))
+    # The cache is read inside the layer loop by (layer, block) slices and written once afterwards, so a loop
+    # carrying it (generate, the rollout) can update it in place.
+    x, (k_new, v_new) = jax.lax.scan(layer, x, (block_state, jnp.arange(cfg.n_layers)))
     if cache is not None:
-      write = lambda old, new: jax.lax.dynamic_update_slice(  # noqa: E731
-          old, new.astype(old.dtype), (0, 0, cache.index, 0, 0))
+      write = lambda old, new: jax.lax.dynamic_update_slice(  # noqa: E731  new [L, B, T, kv, hd] -> head-major
+          old, new.swapaxes(2, 3).astype(old.dtype), (0, 0, 0, cache.index, 0))
       cache = cache._replace(k=write(cache.k, k_new), v=write(cache.v, v_new))
     x = rms_norm(x, self.final_norm[...], cfg.rms_eps)
     head = self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]

@@ -30,7 +30,7 @@ def test_shapes_and_dtypes(model):
   logits = nnx.jit(M.forward)(model, tokens, valid)
   assert logits.shape == (3, 9, VOCAB) and logits.dtype == jnp.float32
   cache = M.init_cache(CFG, 3, 16)
-  assert cache.k.shape == (CFG.n_layers, 3, 16, CFG.n_kv_heads, CFG.head_dim) and cache.k.dtype == jnp.float32
+  assert cache.k.shape == (CFG.n_layers, 3, CFG.n_kv_heads, 16, CFG.head_dim) and cache.k.dtype == jnp.float32
   assert cache.valid.dtype == jnp.bool_ and cache.pos.dtype == jnp.int32 and cache.index.shape == ()
   logits, cache = nnx.jit(M.prefill)(model, cache, tokens, valid)
   assert logits.shape == (3, 9, VOCAB)
