@@ -46,11 +46,11 @@ def turns(spec: ScenarioSpec) -> dict[tuple[int, int], str]:
 
     # oracle
     if spec.user_kind == "malicious":
-        start = think("This request would cause harm, so I refuse and call no tool.") + refusal
+        start = think("Harmful request: I refuse and call no tool.") + refusal
     elif task is None:
         start = think("No tool is needed; I answer directly.") + final
     elif spec.user_kind == "sensitive":
-        start = think(f"{task.name} is a sensitive action, so I ask the user to confirm first.") + \
+        start = think(f"Sensitive action: I ask the user to confirm {task.name} first.") + \
             protocol.tool_check(task.name)
     else:
         start = think(f"The user wants {task.name}; I call it with the arguments from the request.") + call_task
