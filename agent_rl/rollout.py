@@ -155,19 +155,28 @@ def scripted_episodes(policy_id, scenario, vocab, key, env_params, *, max_new_to
 
 
 def trim(traj: Trajectory, multiple: int = 32) -> Trajectory:
-    """Drop the columns that are padding in every row (host side, before a loss): leading prompt padding and the
-    unused tail of the token budget, keeping the width a multiple of `multiple` so few shapes get compiled.
+    """Left-align every row and drop the columns that are then padding in every row (host side, before a loss).
 
-    Log-probs are unchanged by this: positions count valid tokens only and padding is never attended to.
+    A row is its left-padded prompt followed by its episode, so its valid tokens are one contiguous run; shifting
+    each run to column 0 makes the width the longest row's length (rounded up to `multiple`, so few shapes get
+    compiled) instead of the longest prompt plus the longest episode. Log-probs are unchanged by this: positions
+    count valid tokens only and padding is never attended to.
     """
     valid = np.asarray(traj.valid)
-    cols = np.flatnonzero(valid.any(0))
-    width = valid.shape[1]
-    lo = (int(cols[0]) // multiple) * multiple if cols.size else 0
-    hi = min(width, lo + -(-(int(cols[-1]) + 1 - lo) // multiple) * multiple) if cols.size else width
-    cut = lambda x: x[:, lo:hi]  # noqa: E731
-    return traj._replace(tokens=cut(traj.tokens), valid=cut(traj.valid), policy_mask=cut(traj.policy_mask),
-                         logprobs=cut(traj.logprobs))
+    b, width = valid.shape
+    start = np.argmax(valid, axis=1)  # first valid column (0 for an empty row)
+    length = valid.sum(1)
+    keep = min(width, max(multiple, -(-int(length.max(initial=0)) // multiple) * multiple))
+    src = start[:, None] + np.arange(keep)[None, :]
+    inside = src < width
+    src = np.minimum(src, width - 1)
+
+    def shift(x, fill):
+        x = np.take_along_axis(np.asarray(x), src, axis=1)
+        return np.where(inside, x, fill)
+
+    return traj._replace(tokens=shift(traj.tokens, 0), valid=shift(valid, False) & inside,
+                         policy_mask=shift(traj.policy_mask, False), logprobs=shift(traj.logprobs, 0.0))
 
 
 def trim_prompts(scenario, multiple: int = 32):

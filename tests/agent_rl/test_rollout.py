@@ -112,3 +112,25 @@ def test_repeat_group(world):
     _, _, scen, _, _ = world
     g = rollout.repeat_group(jax.tree.map(lambda x: x[:3], scen), 4)
     np.testing.assert_array_equal(np.asarray(g.index), np.repeat(np.arange(3), 4))
+
+
+def test_trim_left_aligns_rows_and_keeps_every_valid_token():
+    rng = np.random.default_rng(0)
+    b, p, t = 6, 40, 50
+    prompt_len = rng.integers(1, p + 1, b)
+    ep_len = rng.integers(0, t + 1, b)
+    cols = np.arange(p + t)[None, :]
+    valid = (cols >= p - prompt_len[:, None]) & (cols < p + ep_len[:, None])
+    tokens = rng.integers(1, 100, (b, p + t)).astype(np.int32)
+    policy = valid & (cols >= p) & (rng.random((b, p + t)) < 0.5)
+    logp = np.where(policy, -rng.random((b, p + t)), 0.0).astype(np.float32)
+    traj = rollout.Trajectory(tokens, valid, policy, logp, None)
+    out = rollout.trim(traj, multiple=8)
+    n = prompt_len + ep_len
+    assert out.tokens.shape[1] == -(-n.max() // 8) * 8
+    for i in range(b):
+        np.testing.assert_array_equal(out.valid[i], np.arange(out.tokens.shape[1]) < n[i])
+        np.testing.assert_array_equal(out.tokens[i][out.valid[i]], tokens[i][valid[i]])
+        np.testing.assert_array_equal(out.policy_mask[i][out.valid[i]], policy[i][valid[i]])
+        np.testing.assert_array_equal(out.logprobs[i][out.valid[i]], logp[i][valid[i]])
+        assert not out.policy_mask[i][~out.valid[i]].any()
