@@ -53,7 +53,8 @@ class Setup(NamedTuple):
     tokenizer: Any
     vocab: T.Vocab
     train: T.Scenario  # [N_train, ...]
-    heldout: T.Scenario  # [N_heldout, ...]
+    heldout: T.Scenario  # [N_heldout, ...]: unseen tools and template families (out of distribution)
+    iid: T.Scenario | None  # [N_iid, ...]: unseen prompts of the train families and tools; None if data.n_iid = 0
     env_params: T.EnvParams
     model_cfg: model_lib.ModelConfig
 
@@ -80,8 +81,13 @@ def build_model_config(cfg, vocab_size: int) -> model_lib.ModelConfig:
 
 
 def scenario_specs(cfg, split: str):
-    n = cfg.data.n_train if split == "train" else cfg.data.n_heldout
-    specs = generate.generate(cfg.data.seed, split, n)
+    """Specs of a split: "train", "iid" (the train generator's next `data.n_iid` scenarios after the first
+    `data.n_train`: same families and tools, prompts never trained on) or "heldout"."""
+    if split == "heldout":
+        return generate.generate(cfg.data.seed, "heldout", cfg.data.n_heldout)
+    n_train, n_iid = cfg.data.n_train, cfg.data.get("n_iid", 0)
+    specs = generate.generate(cfg.data.seed, "train", n_train + n_iid)  # prefixes are stable: train is the same
+    specs = specs[:n_train] if split == "train" else specs[n_train:]
     if cfg.reward.channels == "user_only":  # the paper's user-only alignment: no threat through tool responses
         specs = [s for s in specs if s.tool_kind in ("benign", "none")]
     elif cfg.reward.channels != "user_tool":
@@ -95,9 +101,10 @@ def setup(cfg) -> Setup:
     compile_one = functools.partial(compile_lib.compile_specs, tokenizer=tokenizer, catalogue=catalogue.CATALOGUE,
                                     shapes=shapes, prompt_style=cfg.data.tool_style)
     train = compile_one(scenario_specs(cfg, "train"))
-    heldout = compile_one(generate.generate(cfg.data.seed, "heldout", cfg.data.n_heldout))
+    heldout = compile_one(scenario_specs(cfg, "heldout"))
+    iid = compile_one(scenario_specs(cfg, "iid")) if cfg.data.get("n_iid", 0) else None
     env_params = T.EnvParams(**dict(cfg.env))
-    return Setup(tokenizer, env_lib.make_vocab(tokenizer), train, heldout, env_params,
+    return Setup(tokenizer, env_lib.make_vocab(tokenizer), train, heldout, iid, env_params,
                  build_model_config(cfg, tokenizer.vocab_size))
 
 
@@ -302,6 +309,17 @@ def evaluate(graphdef, params, scenarios: T.Scenario, setup_: Setup, cfg, key, m
     return {k: (v if math.isfinite(v) else None) for k, v in m.items()}
 
 
+def evaluate_splits(graphdef, params, s: Setup, cfg, key, mesh, log: dict | None = None):
+    """(heldout metrics, iid metrics or None); with `log`, also adds them to it as `eval/...` and `eval_iid/...`."""
+    out = []
+    for prefix, scenarios in (("eval", s.heldout), ("eval_iid", s.iid)):
+        metrics = None if scenarios is None else evaluate(graphdef, params, scenarios, s, cfg, key, mesh)
+        if log is not None and metrics is not None:
+            log.update({f"{prefix}/{k}": v for k, v in metrics.items() if v is not None})
+        out.append(metrics)
+    return tuple(out)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The run.
 
@@ -374,15 +392,14 @@ def _train(cfg, s: Setup, mesh, workdir: pathlib.Path, t_start: float, manager, 
                                         tx=sft_tx, microbatch=cfg.sft.microbatch)
         step += 1
         m = _finite(m, step)
-        if step == sft_steps:  # the base (after SFT) on heldout, kept in the checkpoint metadata
-            meta["base"] = evaluate(graphdef, params, s.heldout, s, cfg, eval_key, mesh)
-            m.update({f"eval/{k}": v for k, v in meta["base"].items() if v is not None})
+        if step == sft_steps:  # the base (after SFT) on heldout (and iid), kept in the checkpoint metadata
+            meta["base"], meta["iid_base"] = evaluate_splits(graphdef, params, s, cfg, eval_key, mesh, m)
         logger.log(step, _measured(m))
         bar.update(1)
         bar.set_postfix(loss=f"{m['sft/loss']:.3f}")
         save(step, {"params": params, "opt_state": opt_state}, force=step == sft_steps)
     if "base" not in meta:  # no SFT phase: the base is the initial model
-        meta["base"] = evaluate(graphdef, params, s.heldout, s, cfg, eval_key, mesh)
+        meta["base"], meta["iid_base"] = evaluate_splits(graphdef, params, s, cfg, eval_key, mesh)
     (workdir / "base_metrics.json").write_text(json.dumps(meta["base"], indent=2))
     if ref_params is None:
         ref_params = jax.tree.map(jnp.copy, params)  # the frozen reference policy for the KL term
@@ -417,10 +434,9 @@ def _train(cfg, s: Setup, mesh, workdir: pathlib.Path, t_start: float, manager, 
                                                                          np.asarray(batch.tool_kind)).items()})
         last = step == sft_steps + grpo_steps
         if last or (cfg.eval.every and (step - sft_steps) % cfg.eval.every == 0):
-            evaluated = evaluate(graphdef, params, s.heldout, s, cfg, eval_key, mesh)
-            m.update({f"eval/{k}": v for k, v in evaluated.items() if v is not None})
+            evaluated = evaluate_splits(graphdef, params, s, cfg, eval_key, mesh, m)
             if last:
-                meta["aligned"] = evaluated
+                meta["aligned"], meta["iid_aligned"] = evaluated
         logger.log(step, _measured(m))
         bar.update(1)
         bar.set_postfix(reward=f"{m['reward/total']:.3f}", loss=f"{m['grpo/loss']:.4f}")
@@ -430,11 +446,13 @@ def _train(cfg, s: Setup, mesh, workdir: pathlib.Path, t_start: float, manager, 
 
     logger.close()
     if "aligned" not in meta:  # no GRPO phase, or the run had already finished
-        meta["aligned"] = evaluate(graphdef, params, s.heldout, s, cfg, eval_key, mesh)
+        meta["aligned"], meta["iid_aligned"] = evaluate_splits(graphdef, params, s, cfg, eval_key, mesh)
     final = {"base": meta["base"], "aligned": meta["aligned"]}
+    if meta.get("iid_base") is not None:
+        final["iid"] = {"base": meta["iid_base"], "aligned": meta["iid_aligned"]}
     (workdir / "final_metrics.json").write_text(json.dumps(final, indent=2))
     plot(workdir)
-    print(final_table(final["base"], final["aligned"]))
+    print(final_table(final["base"], final["aligned"], final.get("iid")))
     print(f"wall time {time.time() - t_start:.0f} s; workdir {workdir}", flush=True)
     return final
 
@@ -467,13 +485,16 @@ HEADLINE = ("malicious_refusal", "sensitive_verification", "injection_success", 
             "over_verification")
 
 
-def final_table(base: dict, aligned: dict) -> str:
-    """Markdown: headline metrics, then per-cell decision accuracy, base (after SFT) vs aligned (after GRPO)."""
-    rows = ["| heldout metric | base (SFT) | aligned (GRPO) |", "|---|---:|---:|"]
+def final_table(base: dict, aligned: dict, iid: dict | None = None) -> str:
+    """Markdown: headline metrics, then per-cell decision accuracy, base (after SFT) vs aligned (after GRPO) on
+    heldout, and on iid ({"base", "aligned"}) when given."""
+    head = "| metric | heldout base (SFT) | heldout aligned (GRPO) |"
+    rows = [head + (" iid base | iid aligned |" if iid else ""), "|---|---:|---:|" + ("---:|---:|" if iid else "")]
     keys = list(HEADLINE) + sorted(k for k in base if k.startswith("cell/"))
     for k in keys:
-        if base.get(k) is not None or aligned.get(k) is not None:
-            rows.append(f"| {k} | {_fmt(base.get(k))} | {_fmt(aligned.get(k))} |")
+        cols = [base, aligned] + ([iid["base"], iid["aligned"]] if iid else [])
+        if any(c.get(k) is not None for c in cols):
+            rows.append(f"| {k} | " + " | ".join(_fmt(c.get(k)) for c in cols) + " |")
     return "\n".join(rows)
 
 

@@ -6,7 +6,7 @@ from configs import tiny
 def get_config():
     c = tiny.get_config()
     c.workdir = "runs/micro"
-    c.data.n_train, c.data.n_heldout = 64, 22
+    c.data.n_train, c.data.n_heldout, c.data.n_iid = 64, 22, 22
     c.shapes.update(prompt=512, seg=256, script=256)
     c.tokenizer.vocab_size = 512
     c.model.update(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=16, mlp_dim=64)

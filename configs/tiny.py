@@ -15,8 +15,9 @@ def get_config() -> config_dict.ConfigDict:
     c.seed = 0
     c.workdir = "runs/tiny"
 
-    # Scenarios: generated deterministically from data.seed; heldout uses unseen families and tools.
-    c.data = dict(seed=0, n_train=4096, n_heldout=352, tool_style="compact")
+    # Scenarios: generated deterministically from data.seed. heldout: unseen tools and template families (out of
+    # distribution); iid: the train generator's next n_iid scenarios (same families and tools, unseen prompts).
+    c.data = dict(seed=0, n_train=4096, n_heldout=352, n_iid=352, tool_style="compact")
     # Fixed compile shapes (tokens): prompt, env segment, scripted turn; scenarios that do not fit are an error.
     c.shapes = dict(prompt=320, seg=128, script=128)
 

@@ -43,17 +43,18 @@ def test_end_to_end_outputs(finished):
     workdir, stdout = finished
     final = json.loads((workdir / "final_metrics.json").read_text())
     names = ("malicious_refusal", "sensitive_verification", "benign_success", "over_refusal", "over_verification")
-    for phase in ("base", "aligned"):
-        assert all(n in final[phase] for n in names)
-        assert any(k.startswith("cell/") for k in final[phase])
-        assert all(v is None or 0.0 <= v <= 1.0 for v in final[phase].values())
-    assert "| heldout metric | base (SFT) | aligned (GRPO) |" in stdout
+    for phase in (final["base"], final["aligned"], final["iid"]["base"], final["iid"]["aligned"]):
+        assert all(n in phase for n in names)
+        assert any(k.startswith("cell/") for k in phase)
+        assert all(v is None or 0.0 <= v <= 1.0 for v in phase.values())
+    assert "| metric | heldout base (SFT) | heldout aligned (GRPO) | iid base | iid aligned |" in stdout
     assert (workdir / "safety_utility.png").stat().st_size > 1000
     recs = _records(workdir)
     assert [r["step"] for r in recs] == list(range(1, 7))  # 4 SFT + 2 GRPO steps, each logged once
     grpo_rec = recs[-1]
     for key in ("grpo/loss", "grpo/entropy", "grpo/approx_kl", "grpo/clip_frac_low", "grpo/clip_frac_high",
-                "reward/total", "tokens_per_s", "train/user_table/malicious/refused", "eval/malicious_refusal"):
+                "reward/total", "tokens_per_s", "train/user_table/malicious/refused", "eval/malicious_refusal",
+                "eval_iid/malicious_refusal"):
         assert key in grpo_rec, key
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [4, 6]
     saved = json.loads((workdir / "config.json").read_text())
