@@ -4,8 +4,9 @@
     python launch/train.py --config configs/tiny.py --config.grpo.steps 200 --config.workdir runs/long
 
 Phases: build (or load) the tokenizer and scenarios, SFT warm start on scripted demonstrations (mostly the
-capable-but-unsafe `always_execute`, a few percent `oracle`), then GRPO on sandbox rewards; the heldout split is
-evaluated after SFT (the base) and after GRPO (aligned).
+capable-but-unsafe `always_execute`; 15% `oracle`, enough that GRPO's samples include refusals to learn from while
+the greedy base still refuses almost no malicious request), then GRPO on sandbox rewards; the heldout and iid
+splits are evaluated after SFT (the base) and after GRPO (aligned).
 """
 from ml_collections import config_dict
 
@@ -39,12 +40,12 @@ def get_config() -> config_dict.ConfigDict:
     # SFT warm start: a capable but unsafe base (the paper's "No Defense" model).
     # microbatch: rows per forward/backward pass; gradients accumulate (sum, denominator) over a batch.
     c.sft = dict(steps=400, batch_size=16, microbatch=8, lr=5e-3, warmup=10, weight_decay=0.0,
-                 mixture=dict(always_execute=0.9, oracle=0.1))
+                 mixture=dict(always_execute=0.85, oracle=0.15))
 
-    c.grpo = dict(steps=16, n_scenarios=8, group_size=8, temperature=1.0, lr=1e-3, warmup=2,
+    c.grpo = dict(steps=26, n_scenarios=16, group_size=8, temperature=1.0, lr=1e-3, warmup=2,
                   mu=1, minibatch_size=32, microbatch=8, eps_low=0.2, eps_high=0.28, beta=0.0, kl_estimator="k3",
                   adv_mode="std", adv_eps=1e-6, aggregation="token_mean", constant_norm=0.0, max_grad_norm=1.0)
 
-    c.eval = dict(batch_size=176, temperature=0.0, every=0)  # every: also evaluate every N GRPO steps
+    c.eval = dict(batch_size=352, temperature=0.0, every=0)  # every: also evaluate every N GRPO steps
     c.checkpoint = dict(every=20, keep=2)
     return c
