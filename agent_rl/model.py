@@ -244,32 +244,19 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.
   return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
 
 
-def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
-              k_new: jax.Array | None = None, v_new: jax.Array | None = None,
-              mask_new: jax.Array | None = None) -> jax.Array:
-  """Grouped-query attention.
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+  """Grouped-query attention: q [B, T, heads, hd], k/v [B, S, kv_heads, hd], mask bool[B, T, S] -> [B, T, heads, hd].
 
-  q [B, T, heads, hd], k/v [B, S, kv_heads, hd], mask bool[B, T, S] -> [B, T, heads, hd].
-  Optionally a second key/value block k_new/v_new [B, T', kv_heads, hd] with mask_new [B, T, T'] (the tokens
-  being added to a cache): one softmax runs over both blocks without concatenating the cache.
   Scores and softmax in float32. Masked scores get the most negative finite float, so a query with no visible
   slot (a padding query) averages uniformly instead of producing NaN.
   """
   b, t, h, hd = q.shape
   kvh = k.shape[2]
   q = q.reshape(b, t, kvh, h // kvh, hd)
-  low = jnp.finfo(jnp.float32).min
-  def scores(k, mask):
-    s = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / math.sqrt(hd)
-    return jnp.where(mask[:, None, None], s, low)
-  s = scores(k, mask)
-  if k_new is not None:
-    s = jnp.concatenate([s, scores(k_new, mask_new)], axis=-1)
+  s = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / math.sqrt(hd)
+  s = jnp.where(mask[:, None, None], s, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-  out = jnp.einsum("bkgts,bskd->btkgd", probs[..., :k.shape[1]], v)
-  if k_new is not None:
-    out = out + jnp.einsum("bkgts,bskd->btkgd", probs[..., k.shape[1]:], v_new)
-  return out.reshape(b, t, h, hd)
+  return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, hd)
 
 
 def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, layer: jax.Array, mask: jax.Array,
@@ -280,7 +267,7 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, layer: jax.Array,
   q [B, T, heads, hd]; the whole cache k/v [layers, B, kv_heads, S, hd] and this layer's index; mask bool[B, T, S]
   over the cache slots; new k/v [B, T, kv_heads, hd] with mask_new [B, T, T]; n_used int32[]: slots >= n_used
   are masked for every query (the cache's write index).
-  Equals `attention(q, k[layer] (slot-major), v[layer], mask, k_new, v_new, mask_new)`: an online softmax runs over
+  Equals `attention` over this layer's cache slots and the new tokens side by side: an online softmax runs over
   the new block, then over blocks of `block` slots up to n_used in a while loop, each sliced straight out of the
   cache (no per-layer copy), so a decoding step costs what the tokens written so far cost rather than the cache's
   capacity (on a CPU, reading unused slots was most of a decoding step).

@@ -234,3 +234,28 @@ def test_parameters_carry_logical_axes(model):
   assert tuple(specs["blocks"]["mlp"]["down"].get_value()) == ("layers", "mlp", "embed")
   for path, spec in jax.tree_util.tree_leaves_with_path(specs, is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec)):
     assert len(spec) > 0, path
+
+
+@pytest.mark.parametrize("s_max,n_used,block", [(150, 140, 64), (150, 150, 64), (150, 0, 64), (40, 17, 64), (128, 65, 32)])
+def test_cached_attention_equals_attention_over_cache_and_new_tokens(s_max, n_used, block):
+  rng = np.random.default_rng(s_max + n_used)
+  layers, b, t, h, kvh, hd = 2, 3, 2, 4, 2, 8
+  q = jnp.asarray(rng.normal(size=(b, t, h, hd)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=(layers, b, kvh, s_max, hd)), jnp.float32)
+  v = jnp.asarray(rng.normal(size=(layers, b, kvh, s_max, hd)), jnp.float32)
+  k_new = jnp.asarray(rng.normal(size=(b, t, kvh, hd)), jnp.float32)
+  v_new = jnp.asarray(rng.normal(size=(b, t, kvh, hd)), jnp.float32)
+  mask = (rng.random((b, t, s_max)) < 0.7) & (np.arange(s_max) < n_used)
+  mask[0, 0] = False  # a query that sees no cache slot
+  mask_new = np.tril(np.ones((t, t), bool))[None].repeat(b, 0)
+  mask_new[1, :, 0] = False
+  for layer in range(layers):
+    got = M.cached_attention(q, k, v, jnp.int32(layer), jnp.asarray(mask), k_new, v_new,
+                                     jnp.asarray(mask_new), jnp.int32(n_used), block=block)
+    keys = jnp.concatenate([k[layer].swapaxes(1, 2), k_new], axis=1)  # slot-major [B, S + T, kv, hd]
+    vals = jnp.concatenate([v[layer].swapaxes(1, 2), v_new], axis=1)
+    full = np.concatenate([mask, mask_new], -1)
+    want = M.attention(q, keys, vals, jnp.asarray(full))
+    seen = full.any(-1)  # a query that sees nothing is padding: any finite output will do
+    np.testing.assert_allclose(np.asarray(got)[seen], np.asarray(want)[seen], atol=1e-5, rtol=1e-5)
+    assert np.isfinite(np.asarray(got)).all()
