@@ -409,8 +409,6 @@ class Transformer(nnx.Module):
         attn_mask = _cache_mask(cache.valid, cache.index, jnp.ones((b, t), bool))
     graphdef, block_state = nnx.split(self.blocks)
     if cache is not None:
-      # The new keys/values attend from a separate block; the cache is only read inside the layer loop and
-      # written once afterwards, so a loop carrying it (generate) can update it in place.
       slots = jnp.arange(cache.k.shape[3])
       fresh = (slots >= cache.index) & (slots < cache.index + t)  # slots being overwritten now
       mask_old = attn_mask & ~fresh

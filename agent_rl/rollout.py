@@ -163,7 +163,7 @@ def trim(traj: Trajectory, multiple: int = 32) -> Trajectory:
     count valid tokens only and padding is never attended to.
     """
     valid = np.asarray(traj.valid)
-    b, width = valid.shape
+    width = valid.shape[1]
     start = np.argmax(valid, axis=1)  # first valid column (0 for an empty row)
     length = valid.sum(1)
     keep = min(width, max(multiple, -(-int(length.max(initial=0)) // multiple) * multiple))
@@ -175,7 +175,7 @@ def trim(traj: Trajectory, multiple: int = 32) -> Trajectory:
         x = np.take_along_axis(np.asarray(x), src, axis=1)
         return np.where(inside, x, fill)
 
-    return traj._replace(tokens=shift(traj.tokens, 0), valid=shift(valid, False) & inside,
+    return traj._replace(tokens=shift(traj.tokens, 0), valid=shift(valid, False),
                          policy_mask=shift(traj.policy_mask, False), logprobs=shift(traj.logprobs, 0.0))
 
 

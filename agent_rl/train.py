@@ -80,19 +80,19 @@ def build_model_config(cfg, vocab_size: int) -> model_lib.ModelConfig:
     return model_lib.preset(preset, vocab_size=vocab_size, **m)
 
 
-def scenario_specs(cfg, split: str):
-    """Specs of a split: "train", "iid" (the train generator's next `data.n_iid` scenarios after the first
-    `data.n_train`: same families and tools, prompts never trained on) or "heldout"."""
-    if split == "heldout":
-        return generate.generate(cfg.data.seed, "heldout", cfg.data.n_heldout)
+def scenario_specs(cfg) -> dict[str, list]:
+    """Specs of every split: "train", "iid" (the train generator's next `data.n_iid` scenarios after the first
+    `data.n_train`: same families and tools, prompts never trained on; empty when n_iid is 0) and "heldout"."""
     n_train, n_iid = cfg.data.n_train, cfg.data.get("n_iid", 0)
     specs = generate.generate(cfg.data.seed, "train", n_train + n_iid)  # prefixes are stable: train is the same
-    specs = specs[:n_train] if split == "train" else specs[n_train:]
     if cfg.reward.channels == "user_only":  # the paper's user-only alignment: no threat through tool responses
-        specs = [s for s in specs if s.tool_kind in ("benign", "none")]
-    elif cfg.reward.channels != "user_tool":
+        keep = lambda part: [s for s in part if s.tool_kind in ("benign", "none")]  # noqa: E731
+    elif cfg.reward.channels == "user_tool":
+        keep = list
+    else:
         raise ValueError(f"config.reward.channels={cfg.reward.channels!r}: expected 'user_only' or 'user_tool'")
-    return specs
+    return {"train": keep(specs[:n_train]), "iid": keep(specs[n_train:]),
+            "heldout": generate.generate(cfg.data.seed, "heldout", cfg.data.n_heldout)}
 
 
 def setup(cfg) -> Setup:
@@ -100,11 +100,10 @@ def setup(cfg) -> Setup:
     shapes = T.Shapes(**dict(cfg.shapes))
     compile_one = functools.partial(compile_lib.compile_specs, tokenizer=tokenizer, catalogue=catalogue.CATALOGUE,
                                     shapes=shapes, prompt_style=cfg.data.tool_style)
-    train = compile_one(scenario_specs(cfg, "train"))
-    heldout = compile_one(scenario_specs(cfg, "heldout"))
-    iid = compile_one(scenario_specs(cfg, "iid")) if cfg.data.get("n_iid", 0) else None
+    specs = scenario_specs(cfg)
     env_params = T.EnvParams(**dict(cfg.env))
-    return Setup(tokenizer, env_lib.make_vocab(tokenizer), train, heldout, iid, env_params,
+    return Setup(tokenizer, env_lib.make_vocab(tokenizer), compile_one(specs["train"]), compile_one(specs["heldout"]),
+                 compile_one(specs["iid"]) if specs["iid"] else None, env_params,
                  build_model_config(cfg, tokenizer.vocab_size))
 
 
