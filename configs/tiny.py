@@ -23,7 +23,10 @@ def get_config() -> config_dict.ConfigDict:
     c.shapes = dict(prompt=320, seg=128, script=128)
 
     # "builtin": SentencePiece trained on the scenario corpus and cached; "hf": a local Hugging Face tokenizer dir.
-    c.tokenizer = dict(kind="builtin", vocab_size=2048, path="", cache_dir="cache")
+    # atoms (builtin): pieces never cross punctuation or spaces, so a value or tool name is the same tokens in the
+    # prompt and in a call (copyable, unseen ones included) at ~1.6x the tokens; it then needs shapes.prompt=352,
+    # env.max_turn_tokens=128 and env.max_tokens=512.
+    c.tokenizer = dict(kind="builtin", vocab_size=2048, path="", cache_dir="cache", atoms=False)
 
     # Model: a preset name plus overrides; hf_dir loads real weights (and their config) instead.
     c.model = dict(preset="tiny", hf_dir="", dtype="float32", param_dtype="float32",

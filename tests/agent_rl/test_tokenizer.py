@@ -149,6 +149,47 @@ def test_sentencepiece_round_trip(sp_tok, text):
     assert tok_lib.ids_to_bytes(table, lengths, ids) == text.encode()
 
 
+@pytest.fixture(scope="session")
+def sp_atoms(tmp_path_factory):
+    return tok_lib.train_sentencepiece(small_corpus(), tmp_path_factory.mktemp("sp_atoms"), vocab_size=512, atoms=True)
+
+
+def test_atoms():
+    assert tok_lib.split_atoms('Use bank_pay_bill on "ACC-41" now<|im_end|>x<y') == [
+        "Use", " ", "bank_pay_bill", " ", "on", ' "', "ACC", "-", "4", "1", '" ', "now", "<|im_end|>", "x", "<", "y"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(texts)
+def test_sentencepiece_pieces_stay_inside_atoms(sp_atoms, text):
+    assert "".join(tok_lib.split_atoms(text)) == text
+    ids = sp_atoms.encode(text)
+    assert sp_atoms.decode(ids) == text
+    if "\u2581" not in text:  # a literal U+2581 is spelled in byte pieces, wherever it falls
+        assert ids == [i for a in tok_lib.split_atoms(text) for i in sp_atoms.encode(a)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(word=st.from_regex(r"[A-Za-z_]{1,12}|[0-9]{1,6}", fullmatch=True),
+       before=st.sampled_from([" ", '"', ": ", "(", "=", "\n", "<tool_check>"]),
+       after=st.sampled_from([" ", '"', '"}}', ".", ",", ")", "</tool_check>"]))
+def test_sentencepiece_atoms_spell_a_word_the_same_in_any_context(sp_atoms, word, before, after):
+    """What makes copying learnable: an argument value or tool name is the same pieces in a prompt and in a call."""
+    alone = sp_atoms.encode(word)
+    ids = sp_atoms.encode(before + word + after)
+    assert any(ids[k:k + len(alone)] == alone for k in range(len(ids)))
+
+
+def test_sentencepiece_without_atoms_spells_values_by_context(sp_tok, sp_atoms):
+    """The default model merges across punctuation, which the atoms option exists to prevent."""
+    assert not sp_tok.by_atom and sp_atoms.by_atom
+    texts = [t for t in small_corpus() if '"arguments"' in t][:20]
+    merged = [p for t in texts for p in map(sp_tok.decode, ([i] for i in sp_tok.encode(t))) if '"' in p and p.strip('" ')]
+    assert merged  # e.g. ' "name' or '{"name":'
+    assert not [p for t in texts for p in map(sp_atoms.decode, ([i] for i in sp_atoms.encode(t)))
+                if '"' in p and any(c.isalnum() for c in p)]
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.data())
 def test_sentencepiece_byte_table(sp_tok, data):
@@ -160,7 +201,8 @@ def test_sentencepiece_byte_table(sp_tok, data):
     pieces = [i for i in range(sp_tok.vocab_size) if not is_byte[i]]
     byte_id = {int(table[i, 0]): i for i in range(sp_tok.vocab_size) if is_byte[i]}
     chunk = st.one_of(st.sampled_from(pieces).map(lambda i: [i]),
-                      st.characters(min_codepoint=0x80).map(lambda c: [byte_id[b] for b in c.encode()]))
+                      st.characters(min_codepoint=0x80, exclude_categories=("Cs",)).map(  # no lone surrogates
+                          lambda c: [byte_id[b] for b in c.encode()]))
     ids = sum(data.draw(st.lists(chunk, max_size=20)), [])
     text = tok_lib.ids_to_bytes(table, lengths, ids).decode("utf-8")
     assert sp_tok.decode(ids) == text
