@@ -121,11 +121,11 @@ class ByteTokenizer:
 
 _SPACE = "\u2581"  # sentencepiece's whitespace symbol; a literal one in the text is encoded as its three bytes
 
-# Atoms (an option of the built-in tokenizer): a protocol symbol, a run of letters and '_', one digit, or a run of other characters (spaces and
-# punctuation; '<' alone so that it never swallows a symbol's start). Pieces are learned inside atoms and never cross
-# them, so a word or identifier is spelled by the same pieces wherever it appears: `nursery` in the user's prompt and
-# in `{"room": "nursery"}`, `bank_add_payee` in the tool list, a call and a check. A model can then copy an argument
-# value or a tool name token by token, including values and tools it never saw in training.
+# Atoms (an option of the built-in tokenizer): a protocol symbol, a run of letters and '_', one digit, or a run of
+# other characters (spaces and punctuation; '<' alone so that it never swallows a symbol's start). Pieces are learned
+# inside atoms and never cross them, so a word or identifier is spelled by the same pieces wherever it appears:
+# `nursery` in the user's prompt and in `{"room": "nursery"}`, `bank_add_payee` in the tool list, a call and a check.
+# A model can then copy an argument value or a tool name token by token, including ones it never saw in training.
 _ATOM_RE = re.compile("|".join(re.escape(s) for s in sorted(SYMBOLS, key=len, reverse=True))
                       + r"|[^\W\d]+|\d|[^\w<]+|<")
 _DELIMITER = "\x1f"  # marks atom boundaries in the training corpus (sentencepiece's pretokenization_delimiter)

@@ -63,7 +63,7 @@ def build_tokenizer(cfg) -> tok_lib.Tokenizer:
     if cfg.tokenizer.kind == "builtin":
         cache = pathlib.Path(cfg.tokenizer.cache_dir or tok_lib.default_cache_dir())
         return tok_lib.builtin_tokenizer(cache, vocab_size=cfg.tokenizer.vocab_size, seed=cfg.data.seed,
-                                         atoms=cfg.tokenizer.atoms)
+                                         atoms=cfg.tokenizer.get("atoms", False))  # absent in older run configs
     if cfg.tokenizer.kind == "hf":
         return tok_lib.hf_tokenizer(cfg.tokenizer.path)
     if cfg.tokenizer.kind == "byte":

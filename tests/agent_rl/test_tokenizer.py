@@ -184,10 +184,10 @@ def test_sentencepiece_without_atoms_spells_values_by_context(sp_tok, sp_atoms):
     """The default model merges across punctuation, which the atoms option exists to prevent."""
     assert not sp_tok.by_atom and sp_atoms.by_atom
     texts = [t for t in small_corpus() if '"arguments"' in t][:20]
-    merged = [p for t in texts for p in map(sp_tok.decode, ([i] for i in sp_tok.encode(t))) if '"' in p and p.strip('" ')]
-    assert merged  # e.g. ' "name' or '{"name":'
-    assert not [p for t in texts for p in map(sp_atoms.decode, ([i] for i in sp_atoms.encode(t)))
-                if '"' in p and any(c.isalnum() for c in p)]
+    quoted_words = lambda tok: [p for t in texts for p in (tok.decode([i]) for i in tok.encode(t))  # noqa: E731
+                                if '"' in p and any(c.isalnum() for c in p)]
+    assert quoted_words(sp_tok)  # e.g. ' "name' or '{"name":'
+    assert not quoted_words(sp_atoms)
 
 
 @settings(max_examples=300, deadline=None)
