@@ -126,8 +126,7 @@ _SPACE = "\u2581"  # sentencepiece's whitespace symbol; a literal one in the tex
 # inside atoms and never cross them, so a word or identifier is spelled by the same pieces wherever it appears:
 # `nursery` in the user's prompt and in `{"room": "nursery"}`, `bank_add_payee` in the tool list, a call and a check.
 # A model can then copy an argument value or a tool name token by token, including ones it never saw in training.
-_ATOM_RE = re.compile("|".join(re.escape(s) for s in sorted(SYMBOLS, key=len, reverse=True))
-                      + r"|[^\W\d]+|\d|[^\w<]+|<")
+_ATOM_RE = re.compile(_SYMBOL_RE.pattern + r"|[^\W\d]+|\d|[^\w<]+|<")  # symbols first, longest first
 _DELIMITER = "\x1f"  # marks atom boundaries in the training corpus (sentencepiece's pretokenization_delimiter)
 
 
