@@ -65,7 +65,8 @@ def plot_safety_utility(jsonl_path: str | os.PathLike, out_png: str | os.PathLik
         ax.set_xlabel("step")
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-        ax.legend(loc="best", fontsize="small")
+        if curves:  # a run with no GRPO step has none, and an empty legend only warns
+            ax.legend(loc="best", fontsize="small")
     axes[0].set_ylabel("rate")
     if title:
         fig.suptitle(title)

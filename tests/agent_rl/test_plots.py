@@ -43,3 +43,11 @@ def test_missing_metric_is_named(tmp_path):
     _write(tmp_path / "metrics.jsonl", [{"step": 1, "eval/benign_success": 1.0}])
     with pytest.raises(ValueError, match="no metric 'eval/malicious_refusal'.*eval/benign_success"):
         plots.plot_safety_utility(tmp_path / "metrics.jsonl", tmp_path / "x.png")
+
+
+def test_empty_panels_write_without_warnings(tmp_path, recwarn):
+    """A run with no GRPO step has no curves to plot: the PNG is still written, and nothing warns."""
+    _write(tmp_path / "metrics.jsonl", [{"step": 1, "loss": 0.5}])
+    out = plots.plot_safety_utility(tmp_path / "metrics.jsonl", tmp_path / "x.png", safety=(), utility=())
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [w for w in recwarn if "legend" in str(w.message)]
