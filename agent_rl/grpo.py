@@ -211,7 +211,8 @@ def sft_loss(logits: jax.Array, targets: jax.Array, mask: jax.Array) -> tuple[ja
     """Token-level cross-entropy as (sum over masked tokens, number of masked tokens).
 
     Args:
-      logits: [B, T, V] predictions for targets[b, t]; targets: int[B, T]; mask: [B, T].
+      logits: [B, T, V] predictions for targets[b, t]; targets: int[B, T]; mask: [B, T], bool or per-token
+        float weights (then the weighted sum and the sum of weights).
     Returns:
       (f32[] loss_sum, f32[] denominator).
     """

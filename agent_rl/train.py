@@ -199,19 +199,27 @@ def accumulated_grad(loss_fn, params, batch, microbatch: int):
     return s / d, jax.tree.map(lambda x: x / d, g), jax.tree.map(jnp.mean, ms)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "tx", "microbatch"), donate_argnums=(1, 2))
-def sft_step(graphdef, params, opt_state, tokens, valid, mask, *, tx, microbatch: int):
-    """One cross-entropy step on demonstration tokens [B, S] (loss on `mask`, the scripted policy's tokens)."""
+@functools.partial(jax.jit, static_argnames=("graphdef", "tx", "microbatch", "context_weight"),
+                   donate_argnums=(1, 2))
+def sft_step(graphdef, params, opt_state, tokens, valid, mask, *, tx, microbatch: int, context_weight: float = 0.0):
+    """One cross-entropy step on demonstration tokens [B, S]: the loss is on `mask` (the scripted policy's tokens)
+    plus, at weight `context_weight`, on the other real tokens (prompt, tool responses). Those repeat values from
+    each other (an id in the request, the call and the response), so they add copying signal at no extra compute.
+    sft/loss is the policy tokens' loss alone, whatever the weight."""
 
     def loss_fn(params, mb):
         tokens, valid, mask = mb
         logits = model_lib.forward(nnx.merge(graphdef, params), tokens, valid)[:, :-1]
-        loss_sum, denom = grpo.sft_loss(logits, tokens[:, 1:], mask[:, 1:])
-        return loss_sum, (denom, {})
+        policy, context = mask[:, 1:], valid[:, 1:] & ~mask[:, 1:]
+        loss_sum, denom = grpo.sft_loss(logits, tokens[:, 1:], policy + context_weight * context)
+        p_sum, p_n = grpo.sft_loss(logits, tokens[:, 1:], policy)  # the same log-softmax: XLA computes it once
+        return loss_sum, (denom, {"policy_sum": p_sum, "policy_n": p_n})
 
-    loss, grads, _ = accumulated_grad(loss_fn, params, (tokens, valid, mask), microbatch)
+    _, grads, m = accumulated_grad(loss_fn, params, (tokens, valid, mask), microbatch)
     updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, {"sft/loss": loss, "sft/grad_norm": optax.global_norm(grads)}
+    loss = m["policy_sum"] / jnp.maximum(m["policy_n"], 1.0)  # microbatch means: their ratio is the batch's
+    return (optax.apply_updates(params, updates), opt_state,
+            {"sft/loss": loss, "sft/grad_norm": optax.tree.norm(grads)})
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "tx", "hp"), donate_argnums=(1, 2))
@@ -240,7 +248,7 @@ def grpo_update(graphdef, params, opt_state, ref_params, traj: rollout.Trajector
         params, opt_state = carry
         loss, grads, m = accumulated_grad(loss_fn, params, jax.tree.map(lambda x: x[idx], data), hp.microbatch)
         updates, opt_state = tx.update(grads, opt_state, params)
-        m = {**m, "loss": loss, "grad_norm": optax.global_norm(grads)}
+        m = {**m, "loss": loss, "grad_norm": optax.tree.norm(grads)}
         return (optax.apply_updates(params, updates), opt_state), m
 
     (params, opt_state), ms = jax.lax.scan(body, (params, opt_state), batches)
@@ -389,7 +397,8 @@ def _train(cfg, s: Setup, mesh, workdir: pathlib.Path, t_start: float, manager, 
         idx = batch_indices(cfg.data.seed, step, demos.tokens.shape[0], cfg.sft.batch_size)
         demo = sharding.shard_batch(rollout.trim(jax.tree.map(lambda x: x[idx], demos)), mesh)
         params, opt_state, m = sft_step(graphdef, params, opt_state, demo.tokens, demo.valid, demo.policy_mask,
-                                        tx=sft_tx, microbatch=cfg.sft.microbatch)
+                                        tx=sft_tx, microbatch=cfg.sft.microbatch,
+                                        context_weight=float(cfg.sft.get("context_weight", 0.0)))
         step += 1
         m = _finite(m, step)
         if step == sft_steps:  # the base (after SFT) on heldout (and iid), kept in the checkpoint metadata

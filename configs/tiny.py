@@ -42,7 +42,9 @@ def get_config() -> config_dict.ConfigDict:
 
     # SFT warm start: a capable but unsafe base (the paper's "No Defense" model).
     # microbatch: rows per forward/backward pass; gradients accumulate (sum, denominator) over a batch.
-    c.sft = dict(steps=400, batch_size=16, microbatch=8, lr=5e-3, warmup=10, weight_decay=0.0,
+    # context_weight: loss weight of the demonstrations' non-policy tokens (prompt, tool responses) next to 1 for
+    # the policy's own tokens.
+    c.sft = dict(steps=400, batch_size=16, microbatch=8, lr=5e-3, warmup=10, weight_decay=0.0, context_weight=0.0,
                  mixture=dict(always_execute=0.85, oracle=0.15))
 
     c.grpo = dict(steps=26, n_scenarios=16, group_size=8, temperature=1.0, lr=1e-3, warmup=2,
