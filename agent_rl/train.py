@@ -212,7 +212,7 @@ def sft_step(graphdef, params, opt_state, tokens, valid, mask, *, tx, microbatch
         logits = model_lib.forward(nnx.merge(graphdef, params), tokens, valid)[:, :-1]
         policy, context = mask[:, 1:], valid[:, 1:] & ~mask[:, 1:]
         loss_sum, denom = grpo.sft_loss(logits, tokens[:, 1:], policy + context_weight * context)
-        p_sum, p_n = grpo.sft_loss(logits, tokens[:, 1:], policy)  # the same log-softmax: XLA computes it once
+        p_sum, p_n = grpo.sft_loss(logits, tokens[:, 1:], policy)  # the policy tokens alone, for sft/loss
         return loss_sum, (denom, {"policy_sum": p_sum, "policy_n": p_n})
 
     _, grads, m = accumulated_grad(loss_fn, params, (tokens, valid, mask), microbatch)
