@@ -131,6 +131,15 @@ def test_missing_state_item_raises_clear_error(tmp_path):
         checkpoint.restore_latest(tmp_path, {"w": jnp.zeros(3)})
 
 
+def test_missing_meta_item_raises_clear_error(tmp_path):
+    step_dir = _saved(tmp_path)
+    for f in sorted((step_dir / checkpoint.META).rglob("*"), reverse=True):
+        f.unlink() if f.is_file() else f.rmdir()
+    (step_dir / checkpoint.META).rmdir()
+    with pytest.raises(checkpoint.CheckpointError, match="step 5 .*item 'meta' is missing"):
+        checkpoint.restore_latest(tmp_path, {"w": jnp.zeros(3)})
+
+
 def test_structure_mismatch_raises_clear_error(tmp_path):
     _saved(tmp_path)
     with pytest.raises(checkpoint.CheckpointError, match="different state structure"):
