@@ -104,7 +104,7 @@ def restore(manager: ocp.CheckpointManager, target: Any,
     elif step not in manager.all_steps():
         raise CheckpointError(f"no checkpoint for step {step} in {manager.directory} "
                               f"(have {sorted(manager.all_steps())})")
-    # A missing item is named here: orbax's own failure on it can leave a callback on a closed event loop.
+    # A missing item gets its own error, naming it, rather than orbax's message about a corrupt checkpoint.
     missing = [item for item in (STATE, META) if not (manager.directory / str(step) / item).exists()]
     if missing:
         raise CheckpointError(f"checkpoint step {step} in {manager.directory}: item '{missing[0]}' is missing")
