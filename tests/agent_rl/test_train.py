@@ -93,3 +93,22 @@ def test_non_finite_loss_stops_with_one_line_naming_the_step(cache, tmp_path):
     step = int(line.split("at step ")[1].split(";")[0])
     kept = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
     assert kept and kept[-1] == step - 1
+
+
+def test_copy_probe_on_the_finished_run(finished, tmp_path):
+    """launch/probe_copy.py scores a run's checkpoint on oracle demonstrations: every class is reported, tool-call
+    tokens are found, losses are non-negative; an impossible --n is one error line."""
+    workdir, _ = finished
+    probe = [sys.executable, str(ROOT / "launch" / "probe_copy.py"), f"--checkpoint={workdir}@4", "--split=iid"]
+    out = subprocess.run(probe + ["--n=22", f"--out={tmp_path / 'copy.json'}"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    classes = json.loads((tmp_path / "copy.json").read_text())["classes"]
+    assert list(classes) == ["call/first_digit", "call/next_digit", "call/other", "text/first_digit",
+                             "text/next_digit", "text/other"]
+    assert classes["call/other"]["n"] > 0 and classes["text/other"]["n"] > 0  # (micro turns end before ids)
+    assert all(r["mean"] >= 0 for r in classes.values() if r["n"])
+    assert "| call/next_digit |" in out.stdout
+    bad = subprocess.run(probe + ["--n=100000"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert bad.returncode != 0
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: --n=100000 but the run's iid split has")
