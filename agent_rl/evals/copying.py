@@ -5,6 +5,11 @@ digit by digit. `token_classes` labels each policy token of a demonstration by w
 `<tool_call>` block or in other text) and what it is (a digit that starts a number, a digit that continues one,
 anything else); `summarize` gives the count, mean and median negative log-likelihood of each class. A policy that
 copies has a low loss on continuing digits; ln 10 = 2.30 nats is a uniform guess among the ten digits.
+
+`copy_rows` makes synthetic copy data (`launch/synthetic_copy.py` trains on it), to ask whether a model can learn
+to copy at all within a budget: a random sequence repeated right after itself can be copied by attending a fixed
+distance back, one repeated after random filler only by finding where the current token occurred before (an
+induction head).
 """
 from __future__ import annotations
 
@@ -51,3 +56,27 @@ def summarize(nll: np.ndarray, classes: np.ndarray) -> dict[str, dict[str, float
         out[name] = {"n": int(x.size), "mean": float(x.mean()) if x.size else float("nan"),
                      "median": float(np.median(x)) if x.size else float("nan")}
     return out
+
+
+def copy_rows(rng: np.random.Generator, n: int, width: int, pool: int, gap: str) -> tuple[np.ndarray, ...]:
+    """n rows of `width` tokens, left-padded, each `x filler x` with tokens drawn uniformly from [0, pool).
+
+    gap "none": |x| = width // 2 and no filler, so the copy is always |x| tokens back; "random": |x| uniform in
+    [4, width // 3] and filler of uniform length in [0, width - 2 |x|], so the distance varies from row to row.
+    Returns (tokens int32[n, width], valid bool[n, width], mask bool[n, width]): the loss goes on the second x
+    but its first token, which nothing predicts.
+    """
+    if gap not in ("none", "random"):
+        raise ValueError(f"copy_rows: gap={gap!r}, expected 'none' or 'random'")
+    if width < 12:
+        raise ValueError(f"copy_rows: width={width} is below 12")
+    tokens = np.zeros((n, width), np.int32)
+    valid, mask = np.zeros((n, width), bool), np.zeros((n, width), bool)
+    for i in range(n):
+        length = width // 2 if gap == "none" else int(rng.integers(4, width // 3 + 1))
+        filler = 0 if gap == "none" else int(rng.integers(0, width - 2 * length + 1))
+        x = rng.integers(0, pool, size=length)
+        row = np.concatenate([x, rng.integers(0, pool, size=filler), x])
+        tokens[i, width - row.size:], valid[i, width - row.size:] = row, True
+        mask[i, width - length + 1:] = True
+    return tokens, valid, mask
