@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -37,19 +37,20 @@ class CheckpointError(RuntimeError):
     """A checkpoint exists but cannot be read into the given target."""
 
 
-def make_manager(directory: str | os.PathLike, *, keep: int, every: int,
+def make_manager(directory: str | os.PathLike, *, keep: int, every: int, preserve: Sequence[int] = (),
                  async_save: bool = True) -> ocp.CheckpointManager:
     """A manager that saves at steps divisible by `every` (others are skipped unless forced, or
-    the job is being preempted) and keeps the last `keep` checkpoints. Creates `directory`.
+    the job is being preempted) and keeps the last `keep` checkpoints, and also those of the steps in
+    `preserve` (e.g. the end of a phase) once saved. Creates `directory`.
     """
     if keep < 1 or every < 1:
         raise ValueError(f"make_manager: keep and every must be >= 1, got keep={keep}, every={every}")
+    cm = ocp.checkpoint_managers
     # Orbax's default policy also saves the first step it sees; we save only on the interval.
-    policy = ocp.checkpoint_managers.AnySavePolicy([
-        ocp.checkpoint_managers.FixedIntervalPolicy(every),
-        ocp.checkpoint_managers.PreemptionCheckpointingPolicy()])
+    policy = cm.AnySavePolicy([cm.FixedIntervalPolicy(every), cm.PreemptionCheckpointingPolicy()])
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, save_decision_policy=policy, enable_async_checkpointing=async_save, create=True)
+        preservation_policy=cm.AnyPreservationPolicy([cm.LatestN(keep), cm.CustomSteps(list(preserve))]),
+        save_decision_policy=policy, enable_async_checkpointing=async_save, create=True)
     return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=(STATE, META))
 
 

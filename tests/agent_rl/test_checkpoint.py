@@ -98,6 +98,18 @@ def test_interval_pruning_and_latest(tmp_path):
     manager.close()
 
 
+def test_preserved_step_outlives_the_last_k(tmp_path):
+    """A step in `preserve` (the end of SFT, forced off-interval) stays while later steps rotate the last 2."""
+    manager = checkpoint.make_manager(tmp_path, keep=2, every=4, preserve=[5])
+    for s in range(1, 14):
+        checkpoint.save(manager, s, {"w": jnp.full((2,), float(s))}, {}, force=s == 5)
+    checkpoint.wait(manager)
+    assert sorted(manager.all_steps()) == [5, 8, 12]
+    kept, _ = checkpoint.restore(manager, {"w": jnp.zeros((2,))}, step=5)
+    np.testing.assert_array_equal(kept["w"], [5.0, 5.0])
+    manager.close()
+
+
 def test_missing_or_empty_directory_gives_none(tmp_path):
     assert checkpoint.restore_latest(tmp_path / "nope", {"w": jnp.zeros(2)}) is None
     assert not (tmp_path / "nope").exists()
