@@ -344,7 +344,7 @@ def train(cfg) -> dict[str, dict[str, float]]:
           f"{s.heldout.prompt.shape[0]} heldout; prompt {s.train.prompt.shape[1]} tokens", flush=True)
     mesh = sharding.make_mesh(tuple(cfg.mesh.shape), tuple(cfg.mesh.axes))
     manager = ckpt.make_manager(workdir / "checkpoints", keep=cfg.checkpoint.keep, every=cfg.checkpoint.every,
-                                preserve=[cfg.sft.steps] if cfg.sft.steps else [])  # the base: checkpoint:DIR@STEP
+                                preserve=[cfg.sft.steps])  # the SFT base: checkpoint:DIR@STEP
     bar = progress(total=cfg.sft.steps + cfg.grpo.steps, desc="train")
     try:
         with jax.set_mesh(mesh):

@@ -42,8 +42,7 @@ def token_classes(pieces: Sequence[str], tokens: np.ndarray, mask: np.ndarray) -
     last_close = np.maximum.accumulate(np.where(closes[tokens], col, -1), axis=1)
     inside = last_open > np.pad(last_close, ((0, 0), (1, 0)), constant_values=-1)[:, :-1]
     kind = np.where(digit, np.where(after_digit, 1, 0), 2)
-    out = np.where(inside, kind, kind + 3).astype(np.int32)
-    return np.where(mask, out, NOT_SCORED).astype(np.int32)
+    return np.where(mask, np.where(inside, kind, kind + 3), NOT_SCORED).astype(np.int32)
 
 
 def summarize(nll: np.ndarray, classes: np.ndarray) -> dict[str, dict[str, float]]:
