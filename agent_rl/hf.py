@@ -18,6 +18,7 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from agent_rl import lora
 from agent_rl import model as model_lib
 from agent_rl import sharding
 from agent_rl.model import ModelConfig
@@ -67,6 +68,18 @@ def config_from_hf(hf: dict[str, Any], path: str = "config.json", dtype: Any = "
       qkv_bias=model_type == "qwen2",
       tie_embeddings=bool(hf.get("tie_word_embeddings", False)), dtype=dtype,
       param_dtype=dtype if param_dtype is None else param_dtype, rope_scaling=rope_scaling)
+
+
+def load_config(hf_dir: str | os.PathLike, dtype: Any = "float32", param_dtype: Any = None) -> ModelConfig:
+  """ModelConfig of a local checkpoint directory, from its config.json."""
+  path = pathlib.Path(hf_dir).expanduser() / "config.json"
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: not found (a Hugging Face model directory needs config.json)")
+  try:
+    hf = json.loads(path.read_text())
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{path}: not valid JSON ({e})") from e
+  return config_from_hf(hf, str(path), dtype, param_dtype)
 
 
 def config_to_hf(cfg: ModelConfig, model_type: str | None = None) -> dict[str, Any]:
@@ -153,9 +166,7 @@ def from_pretrained(hf_dir: str | os.PathLike, dtype: Any = "float32", param_dty
   """
   hf_dir = pathlib.Path(hf_dir)
   config_path = hf_dir / "config.json"
-  if not config_path.exists():
-    raise FileNotFoundError(f"{config_path}: not found")
-  cfg = config_from_hf(json.loads(config_path.read_text()), str(config_path), dtype, param_dtype)
+  cfg = load_config(hf_dir, dtype, param_dtype)
   files = _tensor_index(hf_dir)
   with sharding.axis_rules(rules, mesh):  # eval_shape under jax.set_mesh needs logical -> mesh axis rules
     abstract = nnx.eval_shape(lambda: model_lib.Transformer(cfg, rngs=nnx.Rngs(0)))
@@ -214,7 +225,10 @@ def save_pretrained(model: model_lib.Transformer, cfg: ModelConfig, out_dir: str
   """Write config.json + model.safetensors that `transformers.AutoModelForCausalLM.from_pretrained` loads.
 
   Tensors are written in the model's param_dtype. extra_config adds keys to config.json (e.g. eos_token_id).
+  A model with LoRA adapters is written merged (W + (alpha / rank) A B): a plain checkpoint of the same function.
   """
+  if cfg.lora_rank:
+    model, cfg = lora.merge(model), cfg.replace(lora_rank=0)
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   state = {path: np.asarray(jax.device_get(var.get_value())) for path, var in nnx.to_flat_state(nnx.state(model))}

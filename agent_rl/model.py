@@ -51,6 +51,7 @@ import numpy as np
 from flax import nnx
 
 _DTYPES = ("float32", "bfloat16", "float16")
+LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +62,10 @@ class ModelConfig:
   `rope_scaling` is None or the Llama-3 frequency scaling
   `(factor, low_freq_factor, high_freq_factor, original_max_position_embeddings)`.
   `remat` recomputes each layer's activations in the backward pass (saves memory when training).
+  `lora_rank` > 0 adds low-rank adapters (`nnx.LoRAParam`, see agent_rl.lora) to the projections named in
+  `lora_targets` (any of q, k, v, o, gate, up, down): W x + (lora_alpha / lora_rank) B A dropout(x), with B zero at
+  initialisation so a fresh adapter leaves the model unchanged. `lora_dropout` applies only when a forward pass is
+  given a dropout key (SFT).
   """
   vocab_size: int
   d_model: int
@@ -77,6 +82,10 @@ class ModelConfig:
   param_dtype: str = "float32"
   rope_scaling: tuple[float, float, float, float] | None = None
   remat: bool = False
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
+  lora_targets: tuple[str, ...] = LORA_TARGETS
+  lora_dropout: float = 0.0
 
   def __post_init__(self):
     # Normalise dtypes to names (jnp.bfloat16 and "bfloat16" are the same config) and check shapes early.
@@ -95,6 +104,11 @@ class ModelConfig:
         raise ValueError(f"ModelConfig.{field}={getattr(self, field)}: must be a positive integer")
     if self.n_heads % self.n_kv_heads:
       raise ValueError(f"ModelConfig.n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+    object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+    unknown = sorted(set(self.lora_targets) - set(LORA_TARGETS))
+    if unknown or self.lora_rank < 0 or not 0.0 <= self.lora_dropout < 1.0:
+      raise ValueError(f"ModelConfig: lora_targets {unknown} unknown (known: {LORA_TARGETS}), or lora_rank="
+                       f"{self.lora_rank} < 0, or lora_dropout={self.lora_dropout} outside [0, 1)")
     if self.head_dim % 2:
       raise ValueError(f"ModelConfig.head_dim={self.head_dim}: rotary embeddings need an even head_dim")
 
@@ -124,6 +138,14 @@ class ModelConfig:
     attn = d * (h + 2 * k) * hd + h * hd * d + (self.qkv_bias * (h + 2 * k) * hd)
     layer = attn + 3 * d * f + 2 * d
     return self.n_layers * layer + d + self.vocab_size * d * (1 if self.tie_embeddings else 2)
+
+  @property
+  def n_lora_params(self) -> int:
+    """Adapter parameters: rank * (fan_in + fan_out) per targeted projection and layer."""
+    d, f, r = self.d_model, self.mlp_dim, self.lora_rank
+    q, kv = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+    sizes = dict(q=d + q, k=d + kv, v=d + kv, o=q + d, gate=d + f, up=d + f, down=f + d)
+    return self.n_layers * r * sum(sizes[t] for t in self.lora_targets)
 
 
 def tiny(vocab_size: int = 4096, **kw) -> ModelConfig:
@@ -199,16 +221,49 @@ def init_cache(cfg: ModelConfig, batch: int, max_len: int, dtype: Any = None) ->
 # Layers
 
 
-def _param(rngs: nnx.Rngs, shape, names, cfg: ModelConfig, init="normal") -> nnx.Param:
+def _param(rngs: nnx.Rngs, shape, names, cfg: ModelConfig, init="normal", kind=nnx.Param) -> nnx.Param:
   """A parameter with logical axis names. Placement on a mesh is done explicitly by agent_rl.sharding."""
   dtype = jnp.dtype(cfg.param_dtype)
   if init == "normal":  # Hugging Face's initializer_range for Qwen2 / Llama
     value = 0.02 * jax.random.normal(rngs.params(), shape, jnp.float32)
+  elif init == "fan_in":  # LoRA's A: PEFT's kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    bound = 1.0 / math.sqrt(math.prod(shape[:-1]))
+    value = jax.random.uniform(rngs.params(), shape, jnp.float32, -bound, bound)
   elif init == "ones":
     value = jnp.ones(shape, jnp.float32)
   else:
     value = jnp.zeros(shape, jnp.float32)
-  return nnx.Param(value.astype(dtype), out_sharding=names, eager_sharding=False)
+  return kind(value.astype(dtype), out_sharding=names, eager_sharding=False)
+
+
+class Projections(nnx.Module):
+  """A module of projection weights, each optionally with a LoRA adapter (`<name>_lora_a`, `<name>_lora_b`)."""
+
+  def _weight(self, rngs, cfg: ModelConfig, name: str, shape, names, n_in: int):
+    """Create weight `name` [*in, *out] (n_in input axes) and, if targeted, its adapter:
+    a [*in, rank] (fan-in uniform) and b [rank, *out] (zeros)."""
+    setattr(self, name, _param(rngs, shape, names, cfg))
+    if cfg.lora_rank and name in cfg.lora_targets:
+      r = cfg.lora_rank
+      setattr(self, f"{name}_lora_a", _param(rngs, (*shape[:n_in], r), (*names[:n_in], "lora"), cfg, "fan_in",
+                                             nnx.LoRAParam))
+      setattr(self, f"{name}_lora_b", _param(rngs, (r, *shape[n_in:]), ("lora", *names[n_in:]), cfg, "zeros",
+                                             nnx.LoRAParam))
+
+  def project(self, name: str, x: jax.Array, n_in: int, key: jax.Array | None = None) -> jax.Array:
+    """x [..., *in] -> [..., *out] through weight `name` plus its adapter's (alpha / rank) b(a(dropout(x)))."""
+    cfg = self.cfg
+    w = getattr(self, name)[...].astype(x.dtype)
+    y = jnp.tensordot(x, w, n_in)
+    if cfg.lora_rank and name in cfg.lora_targets:
+      if key is not None and cfg.lora_dropout > 0:
+        keep = jax.random.bernoulli(jax.random.fold_in(key, LORA_TARGETS.index(name)), 1 - cfg.lora_dropout,
+                                    x.shape)
+        x = jnp.where(keep, x / (1 - cfg.lora_dropout), 0).astype(x.dtype)
+      a = getattr(self, f"{name}_lora_a")[...].astype(x.dtype)
+      b = getattr(self, f"{name}_lora_b")[...].astype(x.dtype)
+      y = y + (cfg.lora_alpha / cfg.lora_rank) * jnp.tensordot(jnp.tensordot(x, a, n_in), b, 1)
+    return y
 
 
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
@@ -309,46 +364,45 @@ def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, layer: jax.Array,
   return jnp.moveaxis(out, 3, 1).reshape(b, t, h, hd).astype(v_new.dtype)
 
 
-class Attention(nnx.Module):
+class Attention(Projections):
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     d, h, k, hd = cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
-    self.q = _param(rngs, (d, h, hd), ("embed", "heads", "head_dim"), cfg)
-    self.k = _param(rngs, (d, k, hd), ("embed", "kv_heads", "head_dim"), cfg)
-    self.v = _param(rngs, (d, k, hd), ("embed", "kv_heads", "head_dim"), cfg)
-    self.o = _param(rngs, (h, hd, d), ("heads", "head_dim", "embed"), cfg)
+    self.cfg = cfg
+    self._weight(rngs, cfg, "q", (d, h, hd), ("embed", "heads", "head_dim"), 1)
+    self._weight(rngs, cfg, "k", (d, k, hd), ("embed", "kv_heads", "head_dim"), 1)
+    self._weight(rngs, cfg, "v", (d, k, hd), ("embed", "kv_heads", "head_dim"), 1)
+    self._weight(rngs, cfg, "o", (h, hd, d), ("heads", "head_dim", "embed"), 2)
     if cfg.qkv_bias:
       self.q_bias = _param(rngs, (h, hd), ("heads", "head_dim"), cfg, init="zeros")
       self.k_bias = _param(rngs, (k, hd), ("kv_heads", "head_dim"), cfg, init="zeros")
       self.v_bias = _param(rngs, (k, hd), ("kv_heads", "head_dim"), cfg, init="zeros")
-    self.cfg = cfg
 
-  def qkv(self, x: jax.Array, positions: jax.Array):
+  def qkv(self, x: jax.Array, positions: jax.Array, key: jax.Array | None = None):
     """x [B, T, d] -> q [B, T, heads, hd], k, v [B, T, kv_heads, hd]; q and k rotated."""
     dt = x.dtype
-    q = jnp.einsum("btd,dhk->bthk", x, self.q[...].astype(dt))
-    k = jnp.einsum("btd,dhk->bthk", x, self.k[...].astype(dt))
-    v = jnp.einsum("btd,dhk->bthk", x, self.v[...].astype(dt))
+    q, k, v = (self.project(n, x, 1, key) for n in ("q", "k", "v"))
     if self.cfg.qkv_bias:
       q, k, v = q + self.q_bias[...].astype(dt), k + self.k_bias[...].astype(dt), v + self.v_bias[...].astype(dt)
     inv_freq = rope_inv_freq(self.cfg)
     return apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq), v
 
-  def out(self, y: jax.Array) -> jax.Array:
-    return jnp.einsum("bthk,hkd->btd", y, self.o[...].astype(y.dtype))
+  def out(self, y: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    """y [B, T, heads, hd] -> [B, T, d]."""
+    return self.project("o", y, 2, key)
 
 
-class MLP(nnx.Module):
+class MLP(Projections):
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-    self.gate = _param(rngs, (cfg.d_model, cfg.mlp_dim), ("embed", "mlp"), cfg)
-    self.up = _param(rngs, (cfg.d_model, cfg.mlp_dim), ("embed", "mlp"), cfg)
-    self.down = _param(rngs, (cfg.mlp_dim, cfg.d_model), ("mlp", "embed"), cfg)
+    self.cfg = cfg
+    self._weight(rngs, cfg, "gate", (cfg.d_model, cfg.mlp_dim), ("embed", "mlp"), 1)
+    self._weight(rngs, cfg, "up", (cfg.d_model, cfg.mlp_dim), ("embed", "mlp"), 1)
+    self._weight(rngs, cfg, "down", (cfg.mlp_dim, cfg.d_model), ("mlp", "embed"), 1)
 
-  def __call__(self, x: jax.Array) -> jax.Array:
-    dt = x.dtype
-    h = jax.nn.silu(x @ self.gate[...].astype(dt)) * (x @ self.up[...].astype(dt))
-    return h @ self.down[...].astype(dt)
+  def __call__(self, x: jax.Array, key: jax.Array | None = None) -> jax.Array:
+    h = jax.nn.silu(self.project("gate", x, 1, key)) * self.project("up", x, 1, key)
+    return self.project("down", h, 1, key)
 
 
 class Block(nnx.Module):
@@ -386,7 +440,7 @@ class Transformer(nnx.Module):
       self.lm_head = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg)
 
   def __call__(self, tokens: jax.Array, positions: jax.Array, attn_mask: jax.Array | None = None,
-               cache: Cache | None = None) -> tuple[jax.Array, Cache | None]:
+               cache: Cache | None = None, dropout_key: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
     """Run T new tokens.
 
     tokens, positions: int32[B, T].
@@ -395,6 +449,7 @@ class Transformer(nnx.Module):
     queries attend over all S = max_len slots: attn_mask bool[B, T, S], default "slot is valid or new, and not
     after the query's own slot". The returned cache has k and v updated; `valid`, `pos` and `index` are the
     caller's bookkeeping (`prefill` / `decode_step` do it).
+    dropout_key: LoRA dropout (cfg.lora_dropout) is applied only when given.
     Returns logits float32[B, T, vocab] and the cache (None without one).
     """
     cfg = self.cfg
@@ -417,14 +472,15 @@ class Transformer(nnx.Module):
     def layer(x, xs):
       state, index = xs
       blk = nnx.merge(graphdef, state)
+      key = None if dropout_key is None else jax.random.fold_in(dropout_key, index)
       h = rms_norm(x, blk.attn_norm[...], cfg.rms_eps)
-      q, k, v = blk.attn.qkv(h, positions)
+      q, k, v = blk.attn.qkv(h, positions, key)
       if cache is None:
         y = attention(q, k, v, attn_mask)
       else:
         y = cached_attention(q, cache.k, cache.v, index, mask_old, k, v, mask_new, cache.index)
-      x = x + blk.attn.out(y)
-      x = x + blk.mlp(rms_norm(x, blk.mlp_norm[...], cfg.rms_eps))
+      x = x + blk.attn.out(y, key)
+      x = x + blk.mlp(rms_norm(x, blk.mlp_norm[...], cfg.rms_eps), key)
       return x, (k, v)
 
     if cfg.remat:
@@ -462,15 +518,16 @@ def positions_from_valid(valid: jax.Array, start: jax.Array | int = 0) -> jax.Ar
   return jnp.maximum(start + jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, start).astype(jnp.int32)
 
 
-def forward(model: Transformer, tokens: jax.Array, valid: jax.Array) -> jax.Array:
+def forward(model: Transformer, tokens: jax.Array, valid: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
   """Full-sequence logits for training. tokens int32[B, T], valid bool[B, T] -> float32[B, T, vocab].
 
   Causal attention restricted to valid tokens; positions count valid tokens (left padding gives each row
   positions 0, 1, ... from its first real token). Logits at padding positions are meaningless.
+  dropout_key turns on LoRA dropout (if the config has any).
   """
   t = tokens.shape[1]
   mask = jnp.tril(jnp.ones((t, t), bool))[None] & valid[:, None, :]
-  logits, _ = model(tokens, positions_from_valid(valid), mask)
+  logits, _ = model(tokens, positions_from_valid(valid), mask, dropout_key=dropout_key)
   return logits
 
 

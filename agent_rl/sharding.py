@@ -39,6 +39,7 @@ DEFAULT_RULES: dict[str, Any] = {
     "heads": "tensor",
     "kv_heads": "tensor",
     "head_dim": None,
+    "lora": None,  # adapter rank: small, replicated
 }
 
 

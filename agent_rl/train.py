@@ -25,6 +25,7 @@ from flax import nnx
 
 from agent_rl import checkpoint as ckpt
 from agent_rl import grpo
+from agent_rl import lora
 from agent_rl import model as model_lib
 from agent_rl import rollout
 from agent_rl import sharding
@@ -59,25 +60,32 @@ class Setup(NamedTuple):
     model_cfg: model_lib.ModelConfig
 
 
-def build_tokenizer(cfg) -> tok_lib.Tokenizer:
+def build_tokenizer(cfg, vocab_size: int | None = None) -> tok_lib.Tokenizer:
+    """The config's tokenizer. kind "hf" reads tokenizer.path, or the model's directory (model.hf_dir) when the
+    path is empty; vocab_size (the model's embedding rows) may exceed the tokenizer's own size."""
     if cfg.tokenizer.kind == "builtin":
         cache = pathlib.Path(cfg.tokenizer.cache_dir or tok_lib.default_cache_dir())
         return tok_lib.builtin_tokenizer(cache, vocab_size=cfg.tokenizer.vocab_size, seed=cfg.data.seed,
                                          atoms=cfg.tokenizer.get("atoms", False))  # absent in older run configs
     if cfg.tokenizer.kind == "hf":
-        return tok_lib.hf_tokenizer(cfg.tokenizer.path)
+        path = cfg.tokenizer.path or cfg.model.get("hf_dir", "")
+        if not path:
+            raise ValueError("config.tokenizer.kind='hf' needs config.tokenizer.path or config.model.hf_dir")
+        return tok_lib.hf_tokenizer(path, vocab_size=vocab_size)
     if cfg.tokenizer.kind == "byte":
         return tok_lib.ByteTokenizer()
     raise ValueError(f"config.tokenizer.kind={cfg.tokenizer.kind!r}: expected 'builtin', 'hf' or 'byte'")
 
 
-def build_model_config(cfg, vocab_size: int) -> model_lib.ModelConfig:
+def build_model_config(cfg, vocab_size: int | None = None) -> model_lib.ModelConfig:
+    """The model's config: a preset with config.model's overrides, or config.model.hf_dir's config.json with
+    config.model's numerics (dtypes, remat, LoRA). vocab_size: the tokenizer's (presets only)."""
     m = dict(cfg.model)
     preset, hf_dir = m.pop("preset"), m.pop("hf_dir")
     if hf_dir:
         from agent_rl import hf
 
-        return hf.load_config(hf_dir)
+        return hf.load_config(hf_dir).replace(**{k: m[k] for k in lora.NUMERICS if k in m})
     return model_lib.preset(preset, vocab_size=vocab_size, **m)
 
 
@@ -97,7 +105,8 @@ def scenario_specs(cfg) -> dict[str, list]:
 
 
 def setup(cfg) -> Setup:
-    tokenizer = build_tokenizer(cfg)
+    model_cfg = build_model_config(cfg) if cfg.model.hf_dir else None
+    tokenizer = build_tokenizer(cfg, model_cfg and model_cfg.vocab_size)
     shapes = T.Shapes(**dict(cfg.shapes))
     compile_one = functools.partial(compile_lib.compile_specs, tokenizer=tokenizer, catalogue=catalogue.CATALOGUE,
                                     shapes=shapes, prompt_style=cfg.data.tool_style)
@@ -105,15 +114,16 @@ def setup(cfg) -> Setup:
     env_params = T.EnvParams(**dict(cfg.env))
     return Setup(tokenizer, env_lib.make_vocab(tokenizer), compile_one(specs["train"]), compile_one(specs["heldout"]),
                  compile_one(specs["iid"]) if specs["iid"] else None, env_params,
-                 build_model_config(cfg, tokenizer.vocab_size))
+                 model_cfg or build_model_config(cfg, tokenizer.vocab_size))
 
 
 def build_model(cfg, model_cfg: model_lib.ModelConfig) -> model_lib.Transformer:
+    """A fresh model, or config.model.hf_dir's weights (with fresh LoRA adapters if model_cfg has them)."""
     if cfg.model.hf_dir:
         from agent_rl import hf
 
-        model, _ = hf.from_pretrained(cfg.model.hf_dir)
-        return model
+        model, _ = hf.from_pretrained(cfg.model.hf_dir, model_cfg.dtype, model_cfg.param_dtype)
+        return lora.with_config(model, model_cfg, cfg.seed) if model.cfg != model_cfg else model
     return model_lib.Transformer(model_cfg, rngs=nnx.Rngs(cfg.seed))
 
 
@@ -201,21 +211,26 @@ def accumulated_grad(loss_fn, params, batch, microbatch: int):
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "tx", "microbatch", "context_weight"),
                    donate_argnums=(1, 2))
-def sft_step(graphdef, params, opt_state, tokens, valid, mask, *, tx, microbatch: int, context_weight: float = 0.0):
+def sft_step(graphdef, params, opt_state, tokens, valid, mask, frozen=None, key=None, *, tx, microbatch: int,
+             context_weight: float = 0.0):
     """One cross-entropy step on demonstration tokens [B, S]: the loss is on `mask` (the scripted policy's tokens)
     plus, at weight `context_weight`, on the other real tokens (prompt, tool responses). Those repeat values from
     each other (an id in the request, the call and the response), so they add copying signal at no extra compute.
-    sft/loss is the policy tokens' loss alone, whatever the weight."""
+    sft/loss is the policy tokens' loss alone, whatever the weight.
+    params: the trainable state; frozen: the rest (LoRA's base weights), never differentiated. key: LoRA dropout."""
+    frozen = nnx.State({}) if frozen is None else frozen
+    keys = None if key is None else jax.random.split(key, tokens.shape[0])  # one per row: a microbatch uses its first
 
     def loss_fn(params, mb):
-        tokens, valid, mask = mb
-        logits = model_lib.forward(nnx.merge(graphdef, params), tokens, valid)[:, :-1]
+        tokens, valid, mask, keys = mb
+        model = nnx.merge(graphdef, params, frozen)
+        logits = model_lib.forward(model, tokens, valid, None if keys is None else keys[0])[:, :-1]
         policy, context = mask[:, 1:], valid[:, 1:] & ~mask[:, 1:]
         loss_sum, denom = grpo.sft_loss(logits, tokens[:, 1:], policy + context_weight * context)
         p_sum, p_n = grpo.sft_loss(logits, tokens[:, 1:], policy)  # the policy tokens alone, for sft/loss
         return loss_sum, (denom, {"policy_sum": p_sum, "policy_n": p_n})
 
-    _, grads, m = accumulated_grad(loss_fn, params, (tokens, valid, mask), microbatch)
+    _, grads, m = accumulated_grad(loss_fn, params, (tokens, valid, mask, keys), microbatch)
     updates, opt_state = tx.update(grads, opt_state, params)
     loss = m["policy_sum"] / jnp.maximum(m["policy_n"], 1.0)  # microbatch means: their ratio is the batch's
     return (optax.apply_updates(params, updates), opt_state,
@@ -223,20 +238,24 @@ def sft_step(graphdef, params, opt_state, tokens, valid, mask, *, tx, microbatch
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "tx", "hp"), donate_argnums=(1, 2))
-def grpo_update(graphdef, params, opt_state, ref_params, traj: rollout.Trajectory, advantages, key, *, tx, hp):
-    """mu epochs of minibatch updates on one rollout batch. hp: hashable GRPO hyper-parameters (GrpoHP)."""
+def grpo_update(graphdef, params, opt_state, ref_params, traj: rollout.Trajectory, advantages, key, frozen=None, *,
+                tx, hp):
+    """mu epochs of minibatch updates on one rollout batch. hp: hashable GRPO hyper-parameters (GrpoHP).
+    params, ref_params: trainable states (the policy's and the frozen reference's); frozen: the weights both share
+    and nothing updates (LoRA's base)."""
+    frozen = nnx.State({}) if frozen is None else frozen
     n = traj.tokens.shape[0]
     batches = grpo.minibatches(key, n, hp.minibatch_size, hp.mu)
     data = (traj.tokens, traj.valid, traj.policy_mask, traj.logprobs, advantages)
     if hp.beta > 0:  # the frozen reference policy's log-probs, once per rollout batch
-        ref_model = nnx.merge(graphdef, ref_params)
+        ref_model = nnx.merge(graphdef, ref_params, frozen)
         chunks = jax.tree.map(lambda x: x.reshape(-1, hp.microbatch, *x.shape[1:]), (traj.tokens, traj.valid))
         ref_logp = jax.lax.map(lambda c: sequence_logprobs(ref_model, *c, hp.temperature)[0], chunks)
         data += (ref_logp.reshape(traj.tokens.shape),)
 
     def loss_fn(params, mb):
         tokens, valid, mask, old_logp, adv = mb[:5]
-        logp, ent = sequence_logprobs(nnx.merge(graphdef, params), tokens, valid, hp.temperature)
+        logp, ent = sequence_logprobs(nnx.merge(graphdef, params, frozen), tokens, valid, hp.temperature)
         loss_sum, denom, m = grpo.policy_loss(
             logp, old_logp, adv, mask, eps_low=hp.eps_low, eps_high=hp.eps_high, beta=hp.beta,
             ref_logp=mb[5] if hp.beta > 0 else None, kl_estimator=hp.kl_estimator, aggregation=hp.aggregation,
@@ -356,9 +375,13 @@ def train(cfg) -> dict[str, dict[str, float]]:
 
 def _train(cfg, s: Setup, mesh, workdir: pathlib.Path, t_start: float, manager, bar):
     # Parameters are placed on the mesh by their logical axes; batches are split over its data axes.
+    # With LoRA, `params` are the adapters (trained, checkpointed) and `frozen` the base weights (neither).
     model = sharding.shard_model(build_model(cfg, s.model_cfg), mesh)
-    graphdef, params = nnx.split(model, nnx.Param)
-    print(f"model: {s.model_cfg.n_params / 1e6:.2f}M parameters on mesh {dict(mesh.shape)}", flush=True)
+    graphdef, params, frozen = lora.split(model)
+    del model
+    trained = f"; {s.model_cfg.n_lora_params / 1e6:.2f}M LoRA parameters trained" if s.model_cfg.lora_rank else ""
+    print(f"model: {s.model_cfg.n_params / 1e6:.2f}M parameters on mesh {dict(mesh.shape)}{trained}", flush=True)
+    full = lambda p: lora.full_state(p, frozen)  # noqa: E731  what rollouts and evaluation run
 
     sft_steps, grpo_steps = cfg.sft.steps, cfg.grpo.steps
     sft_tx = make_optimizer(cfg.sft.lr, cfg.sft.warmup, sft_steps, cfg.sft.weight_decay)
@@ -368,6 +391,7 @@ def _train(cfg, s: Setup, mesh, workdir: pathlib.Path, t_start: float, manager, 
                 g_cfg.kl_estimator, g_cfg.aggregation, float(g_cfg.constant_norm), g_cfg.temperature)
     key = jax.random.key(cfg.seed)
     eval_key = jax.random.key(cfg.seed + 1)  # the same evaluation draws before and after training
+    dropout_key = jax.random.key(cfg.seed + 3)  # LoRA dropout in SFT (if any)
     logger = MetricsLogger(workdir)
 
     # Restore: the checkpoint's global step says which phase it belongs to (and so its optimizer's structure).
@@ -398,18 +422,19 @@ def _train(cfg, s: Setup, mesh, workdir: pathlib.Path, t_start: float, manager, 
         idx = batch_indices(cfg.data.seed, step, demos.tokens.shape[0], cfg.sft.batch_size)
         demo = sharding.shard_batch(rollout.trim(jax.tree.map(lambda x: x[idx], demos)), mesh)
         params, opt_state, m = sft_step(graphdef, params, opt_state, demo.tokens, demo.valid, demo.policy_mask,
+                                        frozen, jax.random.fold_in(dropout_key, step),
                                         tx=sft_tx, microbatch=cfg.sft.microbatch,
                                         context_weight=float(cfg.sft.get("context_weight", 0.0)))
         step += 1
         m = _finite(m, step)
         if step == sft_steps:  # the base (after SFT) on heldout (and iid), kept in the checkpoint metadata
-            meta["base"], meta["iid_base"] = evaluate_splits(graphdef, params, s, cfg, eval_key, mesh, m)
+            meta["base"], meta["iid_base"] = evaluate_splits(graphdef, full(params), s, cfg, eval_key, mesh, m)
         logger.log(step, _measured(m))
         bar.update(1)
         bar.set_postfix(loss=f"{m['sft/loss']:.3f}")
         save(step, {"params": params, "opt_state": opt_state}, force=step == sft_steps)
     if "base" not in meta:  # no SFT phase: the base is the initial model
-        meta["base"], meta["iid_base"] = evaluate_splits(graphdef, params, s, cfg, eval_key, mesh)
+        meta["base"], meta["iid_base"] = evaluate_splits(graphdef, full(params), s, cfg, eval_key, mesh)
     (workdir / "base_metrics.json").write_text(json.dumps(meta["base"], indent=2))
     if ref_params is None:
         ref_params = jax.tree.map(jnp.copy, params)  # the frozen reference policy for the KL term
@@ -423,13 +448,13 @@ def _train(cfg, s: Setup, mesh, workdir: pathlib.Path, t_start: float, manager, 
         idx = batch_indices(cfg.data.seed + 1, gstep, s.train.prompt.shape[0], n_sc)
         batch = sharding.shard_batch(rollout.repeat_group(take_rows(s.train, idx), g), mesh)
         t0 = time.time()
-        traj = rollout.sample_episodes(graphdef, params, batch, s.vocab, k_roll, s.env_params,
+        traj = rollout.sample_episodes(graphdef, full(params), batch, s.vocab, k_roll, s.env_params,
                                        cfg.grpo.temperature, max_new_tokens=s.env_params.max_tokens)
         outcome, reward, comps = score(cfg.reward, traj.env_state, batch)
         update_batch = rollout.trim(traj)._replace(env_state=None)  # the update reads tokens, not env state
         adv = grpo.group_advantages(reward.reshape(n_sc, g), cfg.grpo.adv_mode, cfg.grpo.adv_eps).reshape(-1)
         params, opt_state, m = grpo_update(graphdef, params, opt_state, ref_params, update_batch, adv, k_upd,
-                                           tx=grpo_tx, hp=hp)
+                                           frozen, tx=grpo_tx, hp=hp)
         step += 1
         n_policy_tokens = float(traj.policy_mask.sum())
         m = {f"grpo/{k}": v for k, v in m.items()}
@@ -444,7 +469,7 @@ def _train(cfg, s: Setup, mesh, workdir: pathlib.Path, t_start: float, manager, 
                                                                          np.asarray(batch.tool_kind)).items()})
         last = step == sft_steps + grpo_steps
         if last or (cfg.eval.every and (step - sft_steps) % cfg.eval.every == 0):
-            evaluated = evaluate_splits(graphdef, params, s, cfg, eval_key, mesh, m)
+            evaluated = evaluate_splits(graphdef, full(params), s, cfg, eval_key, mesh, m)
             if last:
                 meta["aligned"], meta["iid_aligned"] = evaluated
         logger.log(step, _measured(m))
@@ -456,7 +481,7 @@ def _train(cfg, s: Setup, mesh, workdir: pathlib.Path, t_start: float, manager, 
 
     logger.close()
     if "aligned" not in meta:  # no GRPO phase, or the run had already finished
-        meta["aligned"], meta["iid_aligned"] = evaluate_splits(graphdef, params, s, cfg, eval_key, mesh)
+        meta["aligned"], meta["iid_aligned"] = evaluate_splits(graphdef, full(params), s, cfg, eval_key, mesh)
     final = {"base": meta["base"], "aligned": meta["aligned"]}
     if meta.get("iid_base") is not None:
         final["iid"] = {"base": meta["iid_base"], "aligned": meta["iid_aligned"]}

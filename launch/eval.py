@@ -39,6 +39,8 @@ flags.DEFINE_string("judge_dir", None, "agent_safetybench: local judge checkpoin
 flags.DEFINE_string("out", None, "write the metrics JSON here", required=True)
 flags.DEFINE_string("details_out", None, "write per-case details (JSONL) here")
 flags.DEFINE_integer("show_failures", 20, "bfcl with a replay policy: how many failing cases to list")
+flags.DEFINE_float("lora_scale", 1.0, "checkpoint: of a LoRA run: scale its adapters (0 = the base model, 1 = as "
+                   "trained; values between and above are allowed): the safety / utility knob")
 config_flags.DEFINE_config_file("config", None, "ml_collections config passed to model policies", lock_config=False)
 
 
@@ -48,7 +50,7 @@ def main(argv):
     if FLAGS.suite not in evals.SUITES:
         raise app.UsageError(f"unknown suite {FLAGS.suite!r}; registered: {sorted(evals.SUITES)}")
     args = common.RunArgs(FLAGS.data_dir, FLAGS.split, FLAGS.limit, FLAGS.tool_style, FLAGS.config, FLAGS.judge_dir,
-                          FLAGS.safety_k)
+                          FLAGS.safety_k, FLAGS.lora_scale)
     try:
         metrics, details = evals.SUITES[FLAGS.suite](FLAGS.policy, args)
     except (common.DataError, policies.PolicyError) as e:  # bad data or spec: one line, no traceback

@@ -48,7 +48,7 @@ def run_bfcl(policy_spec: str, args: RunArgs) -> tuple[dict, list]:
         raise ValueError(f"bfcl: scripted behaviour {behaviour!r} is not defined (use oracle or always_refuse)")
 
     policies.register_scripted("bfcl", scripted)
-    policy = policies.make_policy(policy_spec, "bfcl", args.config)
+    policy = policies.make_policy(policy_spec, "bfcl", args.config, args.lora_scale)
     flat = [c for cs in cases.values() for c in cs]
     outputs = policy([policies.Query(c.id, bfcl.render_prompt(c), c) for c in flat])
     return bfcl.score(dict(zip((c.id for c in flat), outputs)), cases)
@@ -61,8 +61,8 @@ register_suite("sandbox", _lazy("agent_rl.evals.sandbox_suite"))
 
 
 def _lazy_model(attr: str) -> _policies.ModelFactory:
-    def factory(arg: str, config):
-        return getattr(importlib.import_module("agent_rl.evals.model_policy"), attr)(arg, config)
+    def factory(arg: str, config, **options):
+        return getattr(importlib.import_module("agent_rl.evals.model_policy"), attr)(arg, config, **options)
     return factory
 
 

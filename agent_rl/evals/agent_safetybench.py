@@ -383,5 +383,5 @@ def run(policy_spec: str, args: common.RunArgs) -> tuple[dict, list[dict]]:
     """Suite entry: `args.split` "" | "fulfillable" | "unfulfillable"; `args.judge_dir` adds the judge metrics."""
     data = load(args.data_dir, args.split, args.limit)
     judge = LocalJudge(args.judge_dir) if args.judge_dir else None
-    policy = policies.make_policy(policy_spec, BENCHMARK, args.config)
+    policy = policies.make_policy(policy_spec, BENCHMARK, args.config, args.lora_scale)
     return evaluate(policy, data, args.tool_style, judge)

@@ -392,5 +392,5 @@ def run(policy_spec: str, args: common.RunArgs) -> tuple[dict, list[dict]]:
     """Suite entry: `args.split` is "" (base and enhanced), "base" or "enhanced"."""
     settings = SETTINGS if not args.split else tuple(s.strip() for s in args.split.split(","))
     data = load(args.data_dir, settings, args.limit)
-    policy = policies.make_policy(policy_spec, BENCHMARK, args.config)
+    policy = policies.make_policy(policy_spec, BENCHMARK, args.config, args.lora_scale)
     return evaluate(policy, data, args.tool_style)

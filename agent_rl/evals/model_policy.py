@@ -21,6 +21,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from agent_rl import checkpoint as ckpt
+from agent_rl import lora
 from agent_rl import model as model_lib
 from agent_rl import sampling
 from agent_rl import tokenizer as tok_lib
@@ -86,20 +87,21 @@ def _tokenizer(cfg, where: str):
     from agent_rl import train
 
     if cfg.tokenizer.kind == "hf":
-        tdir = pathlib.Path(cfg.tokenizer.path).expanduser()
+        tdir = pathlib.Path(cfg.tokenizer.path or cfg.model.hf_dir).expanduser()
         if not (tdir / "tokenizer.json").is_file() and not (tdir / "vocab.json").is_file():
-            raise PolicyError(f"{where}: tokenizer directory {tdir} (config.tokenizer.path) is missing or holds no "
-                              f"tokenizer.json")
+            raise PolicyError(f"{where}: tokenizer directory {tdir} (config.tokenizer.path or model.hf_dir) is "
+                              f"missing or holds no tokenizer.json")
     if cfg.model.hf_dir and not (pathlib.Path(cfg.model.hf_dir).expanduser() / "config.json").is_file():
         raise PolicyError(f"{where}: model directory {cfg.model.hf_dir} (config.model.hf_dir) has no config.json")
-    return train.build_tokenizer(cfg)
+    return train.build_tokenizer(cfg, train.build_model_config(cfg).vocab_size if cfg.model.hf_dir else None)
 
 
-def load_checkpoint(path: str, config: Any = None) -> ModelPolicy:
+def load_checkpoint(path: str, config: Any = None, lora_scale: float = 1.0) -> ModelPolicy:
     """The latest checkpoint of a training run (`PATH@STEP`: that step). Rebuilds tokenizer and model from the run's config
     (`<workdir>/config.json`, else the checkpoint's meta "config") and restores only the params from the saved
     state (whatever phase, and so optimizer structure, the step belongs to). `config` is not used: the run's own
-    config is what the weights were trained with."""
+    config is what the weights were trained with. A LoRA run's checkpoint holds its adapters: the base weights
+    load from the run's model.hf_dir, and lora_scale multiplies the adapters."""
     del config
     from agent_rl import train
 
@@ -126,8 +128,10 @@ def load_checkpoint(path: str, config: Any = None) -> ModelPolicy:
         where = f"checkpoint {cdir} step {step}"
         tok = _tokenizer(cfg, where)
         model_cfg = train.build_model_config(cfg, tok.vocab_size)
+        if lora_scale != 1.0 and not model_cfg.lora_rank:
+            raise PolicyError(f"{where}: --lora_scale={lora_scale} needs a LoRA run (config.model.lora_rank > 0)")
         abstract = nnx.eval_shape(lambda: model_lib.Transformer(model_cfg, rngs=nnx.Rngs(0)))
-        graphdef, abs_params = nnx.split(abstract, nnx.Param)
+        graphdef, abs_params, _ = lora.split(abstract)
         target = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abs_params)}
         try:
             restored = manager.restore(step, args=ocp.args.Composite(**{ckpt.STATE: ocp.args.PyTreeRestore(
@@ -136,6 +140,9 @@ def load_checkpoint(path: str, config: Any = None) -> ModelPolicy:
             raise PolicyError(f"{where}: cannot restore params for the model its config describes "
                               f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
     params = restored[ckpt.STATE]["params"]
+    if model_cfg.lora_rank:  # the checkpoint holds the adapters; the frozen base is the run's hf_dir (or its seed)
+        _, _, frozen = lora.split(train.build_model(cfg, model_cfg))
+        params = lora.full_state(lora.scale(params, lora_scale), frozen)
     return ModelPolicy(f"checkpoint:{path}", tok, graphdef, params, cfg,
                        max_new_tokens=int(cfg.env.max_turn_tokens), batch_size=int(cfg.eval.batch_size))
 
@@ -144,7 +151,7 @@ def load_checkpoint(path: str, config: Any = None) -> ModelPolicy:
 # hf:DIR
 
 
-def load_hf(path: str, config: Any = None) -> ModelPolicy:
+def load_hf(path: str, config: Any = None, lora_scale: float = 1.0) -> ModelPolicy:
     """Weights, config and tokenizer from one local Hugging Face directory. `config` (the --config run config, if
     any) sets the eval batch size, turn length and, for the sandbox suite, shapes and episode rules."""
     from agent_rl import hf
@@ -156,6 +163,8 @@ def load_hf(path: str, config: Any = None) -> ModelPolicy:
         raise PolicyError(f"hf: no tokenizer in {d} (expected tokenizer.json)")
     if not (d / "config.json").is_file():
         raise PolicyError(f"hf: no config.json in {d}")
+    if lora_scale != 1.0:
+        raise PolicyError(f"hf:{path} has no LoRA adapters to scale (--lora_scale applies to checkpoint: of a LoRA run)")
     model, model_cfg = hf.from_pretrained(d)
     tok = tok_lib.hf_tokenizer(d, vocab_size=model_cfg.vocab_size)
     graphdef, params = nnx.split(model, nnx.Param)

@@ -40,7 +40,7 @@ class TextPolicy(Protocol):
 
 Policy = Callable[[Sequence[Query]], list[str]]
 ScriptFn = Callable[[str, Query], str]  # (behaviour, query) -> agent turn text
-ModelFactory = Callable[[str, Any], TextPolicy]  # (argument after "prefix:", config) -> model
+ModelFactory = Callable[..., TextPolicy]  # (argument after "prefix:", config, lora_scale=1.0) -> model
 
 _SCRIPTED: dict[str, ScriptFn] = {}
 
@@ -170,21 +170,23 @@ class PromptGuard(NamedTuple):
 # Dispatcher.
 
 
-def make_text_policy(spec: str, config: Any = None) -> TextPolicy:
-    """A model policy (a function of the prompt text) from `prefix:ARG`."""
+def make_text_policy(spec: str, config: Any = None, lora_scale: float = 1.0) -> TextPolicy:
+    """A model policy (a function of the prompt text) from `prefix:ARG`; lora_scale multiplies a trained model's
+    LoRA adapters (0: its base, 1: as trained)."""
     prefix, sep, arg = spec.partition(":")
     if prefix in _MODEL_FACTORIES:
-        return _MODEL_FACTORIES[prefix](arg, config)
+        return _MODEL_FACTORIES[prefix](arg, config, lora_scale=lora_scale)
     if prefix == "prompt_guard":
         if not arg:
             raise PolicyError("policy 'prompt_guard' needs the model it guards: prompt_guard:hf:DIR or "
                              "prompt_guard:checkpoint:PATH")
-        return PromptGuard(make_text_policy(arg, config))
+        return PromptGuard(make_text_policy(arg, config, lora_scale))
     raise PolicyError(_unknown(spec))
 
 
-def make_policy(spec: str, suite: str, config: Any = None) -> Policy:
-    """Policy for `suite` from a spec string (module docstring); `config` goes to model factories."""
+def make_policy(spec: str, suite: str, config: Any = None, lora_scale: float = 1.0) -> Policy:
+    """Policy for `suite` from a spec string (module docstring); `config` and `lora_scale` go to model
+    factories."""
     if spec in SCRIPTED_BEHAVIOURS:
         return scripted_policy(spec, suite)
     prefix, sep, arg = spec.partition(":")
@@ -193,7 +195,7 @@ def make_policy(spec: str, suite: str, config: Any = None) -> Policy:
             raise PolicyError("policy 'replay' needs a file: replay:FILE")
         return replay_policy(arg)
     if prefix in _MODEL_FACTORIES or prefix == "prompt_guard":
-        return text_policy(make_text_policy(spec, config))
+        return text_policy(make_text_policy(spec, config, lora_scale))
     raise PolicyError(_unknown(spec))
 
 

@@ -126,7 +126,7 @@ def _settings(spec: str, args: common.RunArgs):
                                    "scripted or model policy")
     from agent_rl.evals import model_policy
 
-    model, safety = policies.make_text_policy(spec, args.config), None
+    model, safety = policies.make_text_policy(spec, args.config, args.lora_scale), None
     if isinstance(model, policies.PromptGuard):
         model, safety = model.model, model.safety
     if not isinstance(model, model_policy.ModelPolicy):

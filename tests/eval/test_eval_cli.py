@@ -151,8 +151,8 @@ def test_unknown_specs():
 class Echo:
     """A fake model that answers each prompt with its system message."""
 
-    def __init__(self, arg, config):
-        self.arg, self.config = arg, config
+    def __init__(self, arg, config, lora_scale=1.0):
+        self.arg, self.config, self.lora_scale = arg, config, lora_scale
 
     def generate(self, prompts):
         return [p.split(P.IM_END)[0] for p in prompts]
