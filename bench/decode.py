@@ -4,8 +4,13 @@ Both sides decode the same left-padded batch greedily with a KV cache and produc
 (ours: no EOS; transformers: min_new_tokens). Ours is timed warm (compilation excluded); each side reports the
 best of --repeats runs. The tokens of the two sides are compared as a correctness check.
 
+Weights: random (`--preset`), or a local Hugging Face Qwen2 / Llama directory (`--hf_dir`) loaded by both sides
+(ours: `agent_rl.hf.from_pretrained`, theirs: `AutoModelForCausalLM.from_pretrained`). The prompts are random token
+ids either way.
+
   python bench/decode.py                                   # tiny Qwen2-shaped model, batch 8, prompt 64, 128 new
   python bench/decode.py --preset=qwen2_5_0_5b --batch=4 --new_tokens=64
+  python bench/decode.py --hf_dir=models/smollm2-135m-instruct --batch=64
 """
 import os
 import sys
@@ -26,6 +31,7 @@ from agent_rl import sampling  # noqa: E402
 
 flags.DEFINE_string("preset", "tiny", f"model shape: one of {sorted(model_lib.PRESETS)} (random weights)")
 flags.DEFINE_integer("vocab", 4096, "vocabulary size (tiny preset only)")
+flags.DEFINE_string("hf_dir", "", "Hugging Face model directory loaded by both sides (overrides --preset)")
 flags.DEFINE_integer("batch", 8, "rows decoded in lockstep")
 flags.DEFINE_integer("prompt_len", 64, "padded prompt length")
 flags.DEFINE_integer("max_pad", 16, "rows get 0..max_pad tokens of left padding")
@@ -47,17 +53,21 @@ def timed(fn, repeats):
 
 
 def main(_):
-  if FLAGS.preset == "tiny":
-    cfg = model_lib.tiny(vocab_size=FLAGS.vocab, dtype=FLAGS.dtype, param_dtype=FLAGS.dtype)
+  if FLAGS.hf_dir:
+    model, cfg = hf.from_pretrained(FLAGS.hf_dir, FLAGS.dtype, FLAGS.dtype)
+    name = os.path.basename(os.path.normpath(FLAGS.hf_dir))
   else:
-    cfg = model_lib.preset(FLAGS.preset, dtype=FLAGS.dtype, param_dtype=FLAGS.dtype)
+    if FLAGS.preset == "tiny":
+      cfg = model_lib.tiny(vocab_size=FLAGS.vocab, dtype=FLAGS.dtype, param_dtype=FLAGS.dtype)
+    else:
+      cfg = model_lib.preset(FLAGS.preset, dtype=FLAGS.dtype, param_dtype=FLAGS.dtype)
+    model, name = model_lib.Transformer(cfg, rngs=nnx.Rngs(0)), FLAGS.preset
   b, p, n = FLAGS.batch, FLAGS.prompt_len, FLAGS.new_tokens
   rng = np.random.RandomState(0)
   pad = rng.randint(0, FLAGS.max_pad + 1, b)
   valid = np.arange(p)[None] >= pad[:, None]
   tokens = np.where(valid, rng.randint(0, cfg.vocab_size, (b, p)), 0).astype(np.int32)
-  model = model_lib.Transformer(cfg, rngs=nnx.Rngs(0))
-  print(f"model {FLAGS.preset}: {cfg.n_params / 1e6:.1f}M params, d_model {cfg.d_model}, {cfg.n_layers} layers, "
+  print(f"model {name}: {cfg.n_params / 1e6:.1f}M params, d_model {cfg.d_model}, {cfg.n_layers} layers, "
         f"vocab {cfg.vocab_size}, {cfg.dtype}; batch {b}, prompt {p} (left padding 0..{FLAGS.max_pad}), "
         f"{n} new tokens")
 
@@ -78,9 +88,13 @@ def main(_):
 
   import torch
   import transformers
-  with tempfile.TemporaryDirectory() as d:
-    hf.save_pretrained(model, cfg, d)
-    ref = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=getattr(torch, FLAGS.dtype)).eval()
+  if FLAGS.hf_dir:
+    ref = transformers.AutoModelForCausalLM.from_pretrained(FLAGS.hf_dir, dtype=getattr(torch, FLAGS.dtype),
+                                                            local_files_only=True).eval()
+  else:
+    with tempfile.TemporaryDirectory() as d:
+      hf.save_pretrained(model, cfg, d)
+      ref = transformers.AutoModelForCausalLM.from_pretrained(d, dtype=getattr(torch, FLAGS.dtype)).eval()
   tt, tv = torch.tensor(tokens, dtype=torch.long), torch.tensor(valid.astype(np.int64))
 
   def theirs():

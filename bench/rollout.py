@@ -1,7 +1,10 @@
 """Rollout speed: the jitted multi-turn rollout vs a host-loop rollout, same model, same sandbox, same episodes.
 
-Both sides run a batch of episodes of the tiny config's model (random weights, d_model 192, 4 layers; the built-in
+Both sides run a batch of episodes of the tiny config's model (random weights, d_model 128, 4 layers; the built-in
 tokenizer with vocab 2048) on train-split scenarios, in the same process, each warmed up (compiled) before timing.
+With `--hf_dir` the model is that Hugging Face directory's weights (`agent_rl.hf.from_pretrained`, float32) and the
+scenarios are compiled with its tokenizer (`agent_rl.tokenizer.hf_tokenizer`), with prompts up to 256 tokens
+(SmolLM2's are <= 237); the rest of the tiny config (env limits, segment shapes) is unchanged.
 
 Policy tokens. A random-init model never writes an end-of-turn token, so sampled episodes would all be one truncated
 turn and the comparison would measure nothing multi-turn. Instead both sides take each policy token from a scripted
@@ -37,6 +40,7 @@ Times are the best of `--repeats` warm runs, each from the prompts to the last e
 
   python bench/rollout.py                      # batch 64, 64 train scenarios, oracle turns
   python bench/rollout.py --batch=128 --n_scenarios=16 --policy=always_execute
+  python bench/rollout.py --hf_dir=models/smollm2-135m-instruct --batch=64 --repeats=1
 """
 import os
 import sys
@@ -51,6 +55,7 @@ import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 from flax import nnx  # noqa: E402
 
+from agent_rl import hf  # noqa: E402
 from agent_rl import model as model_lib  # noqa: E402
 from agent_rl import rollout, sampling  # noqa: E402
 from agent_rl import tokenizer as tok_lib  # noqa: E402
@@ -66,6 +71,8 @@ flags.DEFINE_integer("n_scenarios", 64, "train scenarios; each appears batch / n
 flags.DEFINE_enum("policy", "oracle", list(T.POLICIES), "scripted policy whose turns both sides emit")
 flags.DEFINE_float("temperature", 1.0, "sampling temperature of the (discarded) draw from the model's logits")
 flags.DEFINE_string("cache_dir", "cache", "tokenizer cache directory (relative to the repository root)")
+flags.DEFINE_string("hf_dir", "", "Hugging Face model directory: its weights and its tokenizer (default: the tiny "
+                    "config's random model and built-in tokenizer)")
 flags.DEFINE_integer("repeats", 2, "timed runs per side (best is reported)")
 flags.DEFINE_integer("seed", 0, "model init, scenario generation and rollout key")
 FLAGS = flags.FLAGS
@@ -312,7 +319,19 @@ def main(_):
     if FLAGS.batch % FLAGS.n_scenarios:
         raise ValueError(f"--batch={FLAGS.batch} must be a multiple of --n_scenarios={FLAGS.n_scenarios}")
     cfg = tiny.get_config()
-    tokenizer = tok_lib.builtin_tokenizer(FLAGS.cache_dir, vocab_size=cfg.tokenizer.vocab_size, seed=cfg.data.seed)
+    if FLAGS.hf_dir:
+        model, model_cfg = hf.from_pretrained(FLAGS.hf_dir)
+        tokenizer = tok_lib.hf_tokenizer(FLAGS.hf_dir, vocab_size=model_cfg.vocab_size)
+        cfg.shapes.update(prompt=256)
+        name = os.path.basename(os.path.normpath(FLAGS.hf_dir))
+    else:
+        tokenizer = tok_lib.builtin_tokenizer(FLAGS.cache_dir, vocab_size=cfg.tokenizer.vocab_size,
+                                              seed=cfg.data.seed)
+        m = dict(cfg.model)
+        for k in ("preset", "hf_dir", "gguf"):
+            m.pop(k, None)
+        model_cfg = model_lib.preset(cfg.model.preset, vocab_size=tokenizer.vocab_size, **m)
+        model, name = model_lib.Transformer(model_cfg, rngs=nnx.Rngs(FLAGS.seed)), "tiny config (random)"
     shapes = T.Shapes(**dict(cfg.shapes))
     env_params = T.EnvParams(**dict(cfg.env))
     specs = generate.generate(FLAGS.seed, "train", FLAGS.n_scenarios)
@@ -320,16 +339,14 @@ def main(_):
     scenario = rollout.trim_prompts(rollout.repeat_group(
         compile_lib.compile_specs(specs, tokenizer, CATALOGUE, shapes, prompt_style=cfg.data.tool_style), group))
     vocab = env_lib.make_vocab(tokenizer)
-    m = dict(cfg.model)
-    m.pop("preset"), m.pop("hf_dir")
-    model_cfg = model_lib.preset(cfg.model.preset, vocab_size=tokenizer.vocab_size, **m)
-    graphdef, params = nnx.split(model_lib.Transformer(model_cfg, rngs=nnx.Rngs(FLAGS.seed)))
+    graphdef, params = nnx.split(model)
     policy_id = jnp.full((FLAGS.batch,), T.POLICIES.index(FLAGS.policy), jnp.int32)
     key = jax.random.key(FLAGS.seed)
     temperature = jnp.float32(FLAGS.temperature)
     b, p = scenario.prompt.shape
     n_new = env_params.max_tokens
-    print(f"device: {jax.devices()[0].device_kind}  model: {model_cfg.n_params / 1e6:.2f}M params  batch: {b}  "
+    print(f"device: {jax.devices()[0].device_kind}  model: {name}, {model_cfg.n_params / 1e6:.2f}M params, "
+          f"vocab {model_cfg.vocab_size}  batch: {b}  "
           f"scenarios: {FLAGS.n_scenarios}  policy: {FLAGS.policy}  prompt width: {p}  "
           f"max_tokens: {n_new}  max_turns: {env_params.max_turns}", flush=True)
 

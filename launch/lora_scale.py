@@ -1,0 +1,59 @@
+"""Safety and utility of a LoRA run against the test-time adapter scale (0 = its base, 1 = as trained).
+
+Scaling the adapters trades safety for utility after training, without retraining (Meta SecAlign's knob). Each
+scale is evaluated on the sandbox suite (greedy, heldout by default); the rates go to `lora_scale.jsonl` and a
+plot `lora_scale.png` in the run's workdir (or --out).
+
+  python launch/lora_scale.py --run runs/smollm2 --scales 0,0.5,1,1.5 --limit 64
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+from absl import app, flags, logging
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from agent_rl import evals, plots  # noqa: E402
+from agent_rl.evals import common, policies  # noqa: E402
+
+flags.DEFINE_string("run", None, "workdir of a LoRA training run (checkpoint:RUN is evaluated)", required=True)
+flags.DEFINE_list("scales", ["0", "0.5", "1", "1.5"], "adapter scales to evaluate")
+flags.DEFINE_integer("limit", 64, "scenarios of the split")
+flags.DEFINE_string("split", "heldout", "sandbox split: heldout | train")
+flags.DEFINE_string("out", None, "output directory (default: the run's workdir)")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  try:
+    scales = [float(s) for s in FLAGS.scales]
+  except ValueError:
+    sys.exit(f"error: --scales {','.join(FLAGS.scales)}: expected comma-separated numbers")
+  out = pathlib.Path(FLAGS.out or FLAGS.run)
+  out.mkdir(parents=True, exist_ok=True)
+  records = []
+  for s in scales:
+    args = common.RunArgs(split=FLAGS.split, limit=FLAGS.limit, safety_k=1, lora_scale=s)
+    try:
+      metrics, _ = evals.SUITES["sandbox"](f"checkpoint:{FLAGS.run}", args)
+    except (common.DataError, policies.PolicyError) as e:
+      sys.exit(f"error: {e}")
+    records.append({"lora_scale": s, **{f"eval/{k}": v for k, v in metrics.items()}})
+    print(f"lora_scale {s:g}: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in plots.SAFETY + plots.UTILITY
+                                            if k in metrics), flush=True)
+  jsonl = out / "lora_scale.jsonl"
+  jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
+  seen = {k for r in records for k in r}
+  keep = lambda names: [n for n in names if f"eval/{n.removeprefix('1-')}" in seen]  # noqa: E731
+  png = plots.plot_safety_utility(jsonl, out / "lora_scale.png", keep(plots.SAFETY), keep(plots.UTILITY),
+                                  x="lora_scale", title=f"{FLAGS.run}: adapters scaled at test time")
+  print(f"wrote {jsonl} and {png}")
+
+
+if __name__ == "__main__":
+  app.run(main)
