@@ -37,13 +37,13 @@ def main(argv):
   out = pathlib.Path(FLAGS.out or FLAGS.run)
   out.mkdir(parents=True, exist_ok=True)
   records = []
-  for s in scales:
+  for i, s in enumerate(scales):
     args = common.RunArgs(split=FLAGS.split, limit=FLAGS.limit, safety_k=1, lora_scale=s)
     try:
       metrics, _ = evals.SUITES["sandbox"](f"checkpoint:{FLAGS.run}", args)
     except (common.DataError, policies.PolicyError) as e:
       sys.exit(f"error: {e}")
-    records.append({"lora_scale": s, **{f"eval/{k}": v for k, v in metrics.items()}})
+    records.append({"step": i, "lora_scale": s, **{f"eval/{k}": v for k, v in metrics.items()}})
     print(f"lora_scale {s:g}: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in plots.SAFETY + plots.UTILITY
                                             if k in metrics), flush=True)
   jsonl = out / "lora_scale.jsonl"
