@@ -10,14 +10,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
+import gguf
 import transformers
 
-gguf = pytest.importorskip("gguf")
-
-from agent_rl import gguf_import, hf  # noqa: E402
-from agent_rl import model as M  # noqa: E402
-from agent_rl.gguf_import import GGUFImportError  # noqa: E402
-from agent_rl.tokenizer import hf_tokenizer  # noqa: E402
+from agent_rl import gguf_import, hf
+from agent_rl import model as M
+from agent_rl.gguf_import import GGUFImportError
+from agent_rl.tokenizer import hf_tokenizer
+from tests.agent_rl.test_hf import hf_logits
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 Q = gguf.GGMLQuantizationType
@@ -136,14 +136,6 @@ def batch(bpe, vocab, seed):
   tokens[2] = text
   valid = np.arange(len(text))[None] >= np.array([0, 5, 0])[:, None]
   return np.where(valid, tokens, PAD), valid
-
-
-def hf_logits(model, tokens, valid):
-  positions = np.maximum(np.cumsum(valid, 1) - 1, 0)
-  with torch.no_grad():
-    out = model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(valid.astype(np.int64)),
-                position_ids=torch.tensor(positions))
-  return out.logits.float().numpy()
 
 
 def load_transformers(directory, gguf_file=None):
