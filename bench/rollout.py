@@ -59,6 +59,7 @@ from agent_rl import hf  # noqa: E402
 from agent_rl import model as model_lib  # noqa: E402
 from agent_rl import rollout, sampling  # noqa: E402
 from agent_rl import tokenizer as tok_lib  # noqa: E402
+from agent_rl import train  # noqa: E402
 from configs import tiny  # noqa: E402
 from sandbox import compile as compile_lib  # noqa: E402
 from sandbox import env as env_lib  # noqa: E402
@@ -327,10 +328,7 @@ def main(_):
     else:
         tokenizer = tok_lib.builtin_tokenizer(FLAGS.cache_dir, vocab_size=cfg.tokenizer.vocab_size,
                                               seed=cfg.data.seed)
-        m = dict(cfg.model)
-        for k in ("preset", "hf_dir", "gguf"):
-            m.pop(k, None)
-        model_cfg = model_lib.preset(cfg.model.preset, vocab_size=tokenizer.vocab_size, **m)
+        model_cfg = train.build_model_config(cfg, tokenizer.vocab_size)
         model, name = model_lib.Transformer(model_cfg, rngs=nnx.Rngs(FLAGS.seed)), "tiny config (random)"
     shapes = T.Shapes(**dict(cfg.shapes))
     env_params = T.EnvParams(**dict(cfg.env))
