@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -124,6 +124,25 @@ def restore(manager: ocp.CheckpointManager, target: Any,
     if not isinstance(meta, dict):
         raise CheckpointError(f"checkpoint step {step} in {manager.directory}: item '{META}' is missing")
     return state, meta
+
+
+def restore_newest(manager: ocp.CheckpointManager, target_for: Callable[[int], Any],
+                   on_skip: Callable[[int, CheckpointError], None] | None = None
+                   ) -> tuple[int, Any, dict[str, Any]] | None:
+    """(step, state, meta) of the newest checkpoint that reads, trying steps newest first; each unreadable one
+    (truncated arrays, garbage metadata, a missing item) goes to `on_skip(step, error)` and is passed over.
+    target_for(step): the restore target of that step (a run's state structure may differ between phases).
+    None when no checkpoint reads, or there is none."""
+    manager.wait_until_finished()
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            state, meta = restore(manager, target_for(step), step)
+        except CheckpointError as e:
+            if on_skip is not None:
+                on_skip(step, e)
+            continue
+        return step, state, meta
+    return None
 
 
 def restore_latest(directory: str | os.PathLike,

@@ -28,6 +28,7 @@ from agent_rl import grpo
 from agent_rl import lora
 from agent_rl import model as model_lib
 from agent_rl import rollout
+from agent_rl import run_config
 from agent_rl import sharding
 from agent_rl import tokenizer as tok_lib
 from agent_rl import plots
@@ -367,12 +368,16 @@ def evaluate_splits(graphdef, params, s: Setup, cfg, key, mesh, log: dict | None
 
 def train(cfg) -> dict[str, dict[str, float]]:
     """Run (or resume) the job the config names; returns {"base": metrics, "aligned": metrics} on heldout."""
+    run_config.validate(cfg)  # every rule, before anything is written
     workdir = pathlib.Path(cfg.workdir)
+    run_config.check_resume(cfg, workdir)  # a resumed run is the run its checkpoints came from
+    t_start = time.time()
+    try:
+        s = setup(cfg)
+    except (ValueError, OSError) as e:  # scenarios that do not fit shapes, an unreadable tokenizer or model dir
+        raise run_config.ConfigError(f"set-up: {e}") from e
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(cfg.to_json(indent=2))
-    t_start = time.time()
-
-    s = setup(cfg)
     print(f"tokenizer vocab {s.tokenizer.vocab_size}; scenarios: {s.train.prompt.shape[0]} train, "
           f"{s.heldout.prompt.shape[0]} heldout; prompt {s.train.prompt.shape[1]} tokens", flush=True)
     mesh = sharding.make_mesh(tuple(cfg.mesh.shape), tuple(cfg.mesh.axes))
@@ -409,15 +414,27 @@ def _train(cfg, s: Setup, mesh, workdir: pathlib.Path, t_start: float, manager, 
     logger = MetricsLogger(workdir)
 
     # Restore: the checkpoint's global step says which phase it belongs to (and so its optimizer's structure).
+    # An unreadable checkpoint is moved aside (kept, not deleted) and the one before it is tried.
     step, meta, ref_params = 0, {}, None
-    latest = manager.latest_step()
-    if latest is not None:
-        tx = sft_tx if latest <= sft_steps else grpo_tx
-        target = {"params": params, "opt_state": tx.init(params)}
-        if latest > sft_steps:
-            target["ref_params"] = params
-        state, meta = ckpt.restore(manager, target, latest)
-        params, opt_state, step = state["params"], state["opt_state"], latest
+
+    def target_for(st):
+        target = {"params": params, "opt_state": (sft_tx if st <= sft_steps else grpo_tx).init(params)}
+        return {**target, "ref_params": params} if st > sft_steps else target
+
+    def set_aside(st, error):
+        dest, n = workdir / "checkpoints_unreadable" / str(st), 1
+        while dest.exists():  # the same step number may have been set aside before
+            dest, n = dest.with_name(f"{st}.{n}"), n + 1
+        dest.parent.mkdir(exist_ok=True)
+        (workdir / "checkpoints" / str(st)).rename(dest)
+        print(f"warning: checkpoint step {st} is unreadable ({str(error).splitlines()[0][:300]}); moved to {dest}; "
+              f"trying the previous one", flush=True)
+
+    restored = ckpt.restore_newest(manager, target_for, set_aside)
+    manager.reload()  # forget the steps set aside, so later saves may reuse their numbers
+    if restored is not None:
+        step, state, meta = restored
+        params, opt_state = state["params"], state["opt_state"]
         ref_params = state.get("ref_params")
         logger.resume(step)
         print(f"resumed from {workdir / 'checkpoints'} at step {step}", flush=True)
@@ -467,6 +484,9 @@ def _train(cfg, s: Setup, mesh, workdir: pathlib.Path, t_start: float, manager, 
         outcome, reward, comps = score(cfg.reward, traj.env_state, batch)
         update_batch = rollout.trim(traj)._replace(env_state=None)  # the update reads tokens, not env state
         adv = grpo.group_advantages(reward.reshape(n_sc, g), cfg.grpo.adv_mode, cfg.grpo.adv_eps).reshape(-1)
+        if not bool(jnp.any(adv != 0)):  # every group's rewards tie: this update changes nothing
+            print(f"warning: GRPO step {step + 1}: every group's rewards are equal, so every advantage is 0 and "
+                  f"the update is a no-op", flush=True)
         params, opt_state, m = grpo_update(graphdef, params, opt_state, ref_params, update_batch, adv, k_upd,
                                            frozen, tx=grpo_tx, hp=hp)
         step += 1

