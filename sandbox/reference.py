@@ -4,6 +4,12 @@ A turn is the bytes the policy wrote before its end-of-turn token. Any byte stri
 included); nothing here raises on content. The streaming parser (`sandbox.parser`) must return exactly what
 `parse_turn` returns, field for field; tests check it on crafted and random turns.
 
+The think, block and call-JSON rules (1-3 below) are those of `sandbox.turns`, the text reader every benchmark
+harness scores with: this module calls its `layout` and `loads` on the bytes read as latin-1. Where the two differ:
+the harnesses also cut a text at `<|im_end|>` (these bytes end before the end-of-turn token), allow
+`turns.MAX_DEPTH` containers instead of `caps.depth`, and reject numbers that overflow a double (here a number is
+its literal text, never evaluated).
+
 Semantics
 ---------
 Whitespace: "ws" is ASCII whitespace as `bytes.isspace` knows it (space, \\t, \\n, \\v, \\f, \\r); "JSON ws" is the
@@ -50,12 +56,11 @@ prefix; lists have fixed length C, or C x A, with zero / b"" for absent entries)
 """
 from __future__ import annotations
 
-import json
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from sandbox import protocol
+from sandbox import protocol, turns
 
 KIND_NONE, KIND_STRING, KIND_INTEGER, KIND_NUMBER, KIND_BOOL, KIND_NULL, KIND_ARRAY, KIND_OBJECT = range(8)
 KIND_NAMES = ("none", "string", "integer", "number", "bool", "null", "array", "object")
@@ -86,24 +91,11 @@ class _Num(NamedTuple):
     kind: int
 
 
-def _reject_constant(name: str):
-    raise ValueError(f"non-finite constant {name}")
-
-
-def _loads(text: str) -> Any:
-    return json.loads(text, object_pairs_hook=_Obj, parse_int=lambda t: _Num(t, KIND_INTEGER),
-                      parse_float=lambda t: _Num(t, KIND_NUMBER), parse_constant=_reject_constant)
-
-
-def _depth_exceeds(value: Any, limit: int) -> bool:
-    """Whether `value` nests more than `limit` containers (recursion bounded by `limit`)."""
-    if isinstance(value, _Obj):
-        children = [v for _, v in value]
-    elif isinstance(value, list):
-        children = value
-    else:
-        return False
-    return limit <= 0 or any(_depth_exceeds(c, limit - 1) for c in children)
+def _loads(text: str, depth: int) -> tuple[Any, str]:
+    """The shared strict-JSON reader (`sandbox.turns.loads`: NaN / Infinity rejected, at most `depth` containers),
+    with objects kept as member lists and numbers as their literal text (the byte parser never evaluates one)."""
+    return turns.loads(text, depth, object_pairs_hook=_Obj, parse_int=lambda t: _Num(t, KIND_INTEGER),
+                       parse_float=lambda t: _Num(t, KIND_NUMBER))
 
 
 def canonical(s: str) -> bytes:
@@ -125,11 +117,8 @@ def _value(v: Any) -> tuple[int, bytes]:
 def parse_call(content: bytes, caps: Caps = Caps()) -> dict:
     """One call block's content -> {"well_formed", "overflow", "name", "args": [(key, kind, val), ...]}."""
     bad = {"well_formed": False, "overflow": False, "name": b"", "args": []}
-    try:
-        top = _loads(content.decode("latin-1"))
-    except (ValueError, RecursionError):
-        return bad
-    if not isinstance(top, _Obj) or _depth_exceeds(top, caps.depth):
+    top, why = _loads(content.decode("latin-1"), caps.depth)
+    if why or not isinstance(top, _Obj):
         return bad
     members = dict(top)
     name, arguments = members.get("name"), members.get("arguments")
@@ -141,34 +130,15 @@ def parse_call(content: bytes, caps: Caps = Caps()) -> dict:
     return {"well_formed": True, "overflow": overflow, "name": canonical(name), "args": args}
 
 
-def _has_text(chunk: bytes) -> bool:
-    return bool(chunk.strip())
-
-
 def parse_turn(data: bytes, caps: Caps = Caps()) -> dict:
     """The parsed turn as plain Python values (fields in the module docstring)."""
     C, A = caps.C, caps.A
-    think_ok, region = False, data
-    if data.startswith(THINK_OPEN):
-        end = data.find(THINK_CLOSE, len(THINK_OPEN))
-        if end >= 0:
-            think_ok, region = True, data[end + len(THINK_CLOSE):]
-    has_text, unclosed, calls, checks, pos = False, False, [], [], 0
-    while True:
-        hits = [(i, o, c) for o, c in ((CALL_OPEN, CALL_CLOSE), (CHECK_OPEN, CHECK_CLOSE))
-                if (i := region.find(o, pos)) >= 0]
-        if not hits:
-            has_text |= _has_text(region[pos:])
-            break
-        start, open_tag, close_tag = min(hits)
-        has_text |= _has_text(region[pos:start])
-        body = start + len(open_tag)
-        end = region.find(close_tag, body)
-        if end < 0:
-            unclosed = True
-            break
-        (calls if open_tag == CALL_OPEN else checks).append(region[body:end])
-        pos = end + len(close_tag)
+    # Read as latin-1 (one character per byte, so any bytes decode): the shared layout of rules 1-2.
+    lay = turns.layout(data.decode("latin-1"))
+    think_ok, unclosed = lay.action_start > 0, lay.unclosed
+    has_text = any(g.encode("latin-1").strip() for g in lay.gaps)  # bytes.strip: ASCII ws only
+    calls = [b.raw.encode("latin-1") for b in lay.blocks if b.kind == "call"]
+    checks = [b.raw.encode("latin-1") for b in lay.blocks if b.kind == "check"]
 
     out = {
         "think_ok": think_ok, "has_text": has_text, "unclosed": unclosed, "n_calls": len(calls),

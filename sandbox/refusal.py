@@ -64,11 +64,12 @@ def detect(text: jax.Array, length: jax.Array) -> jax.Array:
 
 
 def detect_text(text: str) -> bool:
-    """Host-side twin of `detect` on a str (the same rule, for reference loops and tests)."""
-    data = text.encode()
+    """Host-side twin of `detect` on a str (the same rule, for reference loops and tests). Any str is accepted: a lone
+    surrogate (possible in replayed or JSON-decoded text) is encoded as its 3 UTF-8-style bytes instead of raising."""
+    data = text.encode("utf-8", "surrogatepass")
     end = data.find(protocol.THINK_CLOSE.encode())
     visible = data[end + len(protocol.THINK_CLOSE):] if end >= 0 else data
-    low = bytes(b + 32 if 65 <= b <= 90 else b for b in visible)
+    low = visible.lower()  # bytes.lower changes A-Z only, as `_lower` does
     return any(p.encode() in low for p in PHRASES)
 
 

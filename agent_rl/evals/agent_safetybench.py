@@ -132,7 +132,7 @@ def load(data_dir=None, split: str = "", limit: int = 0) -> Data:
     if split:
         cases = [c for c in cases if c.fulfillable == (split == "fulfillable")]
     cases = cases[:limit] if limit > 0 else cases
-    return Data(cases, env_tools, (folder / JUDGE_PROMPT_FILE).read_text(encoding="utf-8"))
+    return Data(cases, env_tools, common.read_text(folder / JUDGE_PROMPT_FILE))
 
 
 # ----------------------------------------------------------------------------------------------------------------

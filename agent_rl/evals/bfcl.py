@@ -1,7 +1,8 @@
 """BFCL (Berkeley Function Calling Leaderboard, V4) single-turn harness.
 
 Loads the official question / possible-answer files, renders each case as a chat prompt in our protocol
-(`sandbox.protocol`), decodes the policy's `<tool_call>` blocks with `json`, and scores them with a re-implementation
+(`sandbox.protocol`), reads the policy's `<tool_call>` blocks with the reader every harness shares
+(`sandbox.turns`: strict JSON, nothing after `<|im_end|>`), and scores them with a re-implementation
 of BFCL's rule-based AST checker (`bfcl_eval/eval_checker/ast_eval/ast_checker.py`), quirks included, so numbers are
 comparable with the leaderboard:
 
@@ -16,7 +17,9 @@ comparable with the leaderboard:
 - irrelevance: correct iff the output holds no call (a malformed call counts as none, as upstream);
   relevance: correct iff it holds at least one well-formed call, arguments unchecked.
 
-Java and JavaScript take every argument as a source string and convert it with ports of BFCL's type converters.
+Java and JavaScript take every argument as a source string and convert it with ports of BFCL's type converters
+(three of its patterns rewritten to give the same results without catastrophic backtracking; a source string over
+MAX_SOURCE_CHARS is left unconverted, as values BFCL cannot convert are).
 Summaries follow `eval_runner_helper.py`: `non_live/overall` is the unweighted mean of simple (itself the unweighted
 mean of the simple_* categories scored), multiple, parallel and parallel_multiple; `live/overall` is the
 count-weighted mean of the four live AST categories. A summary is reported only when all its parts were scored.
@@ -29,6 +32,7 @@ import pathlib
 import re
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
+from agent_rl.evals import common
 from sandbox import protocol
 
 DATA_SUBDIR = pathlib.Path("berkeley-function-call-leaderboard/bfcl_eval/data")
@@ -56,6 +60,9 @@ JAVA_TYPES = {"byte": int, "short": int, "integer": int, "float": float, "double
 JS_TYPES = {"String": str, "integer": int, "float": float, "Bigint": int, "Boolean": bool, "dict": dict,
             "array": list, "any": str}
 LANGUAGE_TYPES = {"python": PYTHON_TYPES, "java": JAVA_TYPES, "javascript": JS_TYPES}
+# Longest Java / JavaScript source string converted (the longest ground-truth value is 152 characters): BFCL's
+# converter patterns backtrack, and on longer hostile strings they could run for minutes.
+MAX_SOURCE_CHARS = 1024
 NESTED_TYPES = {"python": ("array", "tuple"), "java": ("Array", "ArrayList"), "javascript": ("array",)}
 
 # BFCL doc type -> JSON-schema type, as BFCL converts docs for function-calling models.
@@ -108,20 +115,12 @@ def _data_folder(data_dir) -> pathlib.Path:
 
 
 def _read_jsonl(path: pathlib.Path) -> list[dict]:
-    if not path.is_file():
-        raise FileNotFoundError(f"BFCL file not found: {path}")
+    """The records of a BFCL file (JSON Lines despite the .json name), each an object with a string "id"."""
     records = []
-    with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({e})") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
-                raise ValueError(f"{path}:{line_no}: record is not an object with a string 'id'")
-            records.append(rec)
+    for line_no, rec in common.load_jsonl_lines(path):
+        if not isinstance(rec, dict) or not isinstance(rec.get("id"), str):
+            raise common.DataError(f"{path}: line {line_no}: record is not an object with a string 'id'")
+        records.append(rec)
     return records
 
 
@@ -303,57 +302,58 @@ class DecodeError(ValueError):
         self.error_type = error_type
 
 
-_CALL_RE = re.compile(re.escape(protocol.CALL_OPEN) + r"(.*?)" + re.escape(protocol.CALL_CLOSE), re.DOTALL)
-
-
 def decode_calls(output: str) -> list[dict]:
     """Protocol text -> BFCL's decoded form `[{func_name: {param: value}}, ...]` (empty: no call).
 
-    Only the action after `</think>` counts (an unterminated think has no action). Raises DecodeError with
-    BFCL's `ast_decoder:*` error types when a `<tool_call>` block is not `{"name": str, "arguments": object}` JSON.
+    The turn is read by the shared reader (`sandbox.turns.parse_turn`: calls after `<|im_end|>` or inside a closed
+    think do not count). Raises DecodeError with BFCL's `ast_decoder:*` error types when the turn breaks the
+    protocol: `decoder_failed` for an unclosed block or a call that is not strict JSON, `decoder_wrong_output_format`
+    for JSON that is not `{"name": str, "arguments": object}`.
     """
-    text = output
-    if protocol.THINK_OPEN in text or protocol.THINK_CLOSE in text:
-        _, sep, text = text.partition(protocol.THINK_CLOSE)
-        if not sep:
-            return []
-    if text.count(protocol.CALL_OPEN) != text.count(protocol.CALL_CLOSE):
-        raise DecodeError("ast_decoder:decoder_failed", "unbalanced <tool_call> tags")
-    calls = []
-    for block in _CALL_RE.findall(text):
-        try:
-            obj = json.loads(block)
-        except json.JSONDecodeError as e:
-            raise DecodeError("ast_decoder:decoder_failed", f"tool call is not valid JSON ({e}): {block!r}") from None
-        if not (isinstance(obj, dict) and isinstance(obj.get("name"), str)
-                and isinstance(obj.get("arguments"), dict)):
-            raise DecodeError("ast_decoder:decoder_wrong_output_format",
-                              f'tool call is not {{"name": str, "arguments": object}}: {block!r}')
-        calls.append({obj["name"]: obj["arguments"]})
-    return calls
+    turn = common.parse_turn(output)
+    if turn.unclosed:
+        raise DecodeError("ast_decoder:decoder_failed", "unclosed <tool_call> or <tool_check> block")
+    for call in turn.calls:
+        if call.error:
+            error_type = "decoder_wrong_output_format" if call.is_json else "decoder_failed"
+            raise DecodeError(f"ast_decoder:{error_type}", f"tool call {call.error}: {call.raw!r}")
+    return [{call.name: call.arguments} for call in turn.calls]
 
 
 # ---------------------------------------------------------------------------------------------------- Java / JavaScript values
 
 
-def _java_value(s: str):
-    """BFCL `parse_java_value`: a Java literal without type information."""
-    if s == "true":
-        return True
-    if s == "false":
-        return False
-    if s.startswith('"') and s.endswith('"'):
-        return s[1:-1]
-    if re.match(r"^-?\d+[lL]$", s):
-        return int(s[:-1])
-    if re.match(r"^-?\d+(\.\d+)?([eE][+-]?\d+)?[fF]$", s):
-        return float(s[:-1])
-    for conv in (int, float):
+def _convert(conv, text: str, fallback: str):
+    """conv(text), or `fallback` where that fails. BFCL leaves values it cannot convert as strings; this also covers
+    the failures it does not foresee, which would stop the evaluation: a digit string past Python's int-conversion
+    limit, or a suffixed literal followed by a newline (which the patterns' `$` lets through)."""
+    try:
+        return conv(text)
+    except ValueError:
+        return fallback
+
+
+def _untyped(s: str):
+    """What BFCL's `parse_java_value` and `parse_js_value` share: true / false, else an int, else a float, else s."""
+    if s in ("true", "false"):
+        return s == "true"
+    for conv in (int, float):  # int fails past the int-conversion limit too; float then reads it (inf at worst)
         try:
             return conv(s)
         except ValueError:
             pass
     return s
+
+
+def _java_value(s: str):
+    """BFCL `parse_java_value`: a Java literal without type information."""
+    if s.startswith('"') and s.endswith('"'):
+        return s[1:-1]
+    if re.match(r"^-?\d+[lL]$", s):
+        return _convert(int, s[:-1], s)
+    if re.match(r"^-?\d+(\.\d+)?([eE][+-]?\d+)?[fF]$", s):
+        return _convert(float, s[:-1], s)
+    return _untyped(s)
 
 
 def _java_elements(strings: Iterable[str], nested: str | None) -> list:
@@ -370,13 +370,13 @@ def _java_elements(strings: Iterable[str], nested: str | None) -> list:
 def java_convert(value: str, java_type: str, nested: str | None = None):
     """BFCL `java_type_converter`: a Java source string -> Python value; unparsable values stay strings."""
     if java_type in ("byte", "short", "integer"):
-        return int(value) if re.match(r"^-?\d+$", value) else value
+        return _convert(int, value, value) if re.match(r"^-?\d+$", value) else value
     if java_type == "float":
-        return float(value[:-1]) if re.match(r"^-?\d+(\.\d+)?([eE][+-]?\d+)?[fF]$", value) else value
+        return _convert(float, value[:-1], value) if re.match(r"^-?\d+(\.\d+)?([eE][+-]?\d+)?[fF]$", value) else value
     if java_type == "double":
-        return float(value) if re.match(r"^-?\d+(\.\d+)?([eE][+-]?\d+)?$", value) else value
+        return _convert(float, value, value) if re.match(r"^-?\d+(\.\d+)?([eE][+-]?\d+)?$", value) else value
     if java_type == "long":
-        return int(value[:-1]) if re.match(r"^-?\d+[lL]$", value) else value
+        return _convert(int, value[:-1], value) if re.match(r"^-?\d+[lL]$", value) else value
     if java_type == "boolean":
         return value == "true" if value in ("true", "false") else value
     if java_type in ("char", "String", "any"):
@@ -385,9 +385,12 @@ def java_convert(value: str, java_type: str, nested: str | None = None):
         m = re.search(r"new\s+ArrayList<\w*>\(Arrays\.asList\((.+?)\)\)", value)
         if m:
             return _java_elements(m.group(1).split(","), nested)
-        m = re.search(r"new\s+ArrayList<\w*>\(\)\s*\{\{\s*(.+?)\s*\}\}", value, re.DOTALL)
-        if m:
-            return _java_elements(re.findall(r"add\((.+?)\)", m.group(1)), nested)
+        # BFCL's pattern, `new\s+ArrayList<\w*>\(\)\s*\{\{\s*(.+?)\s*\}\}` (DOTALL), holds the same add(...) calls
+        # as the text from the first non-space after `{{` to the next `}}`; found directly, as its three overlapping
+        # quantifiers backtrack in cubic time over a long whitespace run. No `}}`: BFCL's fallback below, [].
+        m = re.search(r"new\s+ArrayList<\w*>\(\)\s*\{\{\s*", value)
+        if m and (close := value.find("}}", m.end() + 1)) >= 0:
+            return _java_elements(re.findall(r"add\((.+?)\)", value[m.end():close]), nested)
         return [] if re.search(r"new\s+ArrayList<\w*>\(\)", value) else value
     if java_type == "Array":
         m = re.search(r"new\s+\w+\[\]\s*\{(.*?)\}", value)
@@ -396,7 +399,10 @@ def java_convert(value: str, java_type: str, nested: str | None = None):
         parts = [x.strip() for x in m.group(1).split(",") if x.strip()]
         return [java_convert(x, nested) if nested else _java_value(x) for x in parts]
     if java_type == "HashMap":
-        m = re.search(r"new\s+HashMap<.*?>\s*\(\)\s*\{\s*\{?\s*(.*?)\s*\}?\s*\}", value, re.DOTALL)
+        # BFCL's pattern, `new\s+HashMap<.*?>\s*\(\)\s*\{\s*\{?\s*(.*?)\s*\}?\s*\}`, ends its lazy group at the
+        # first `}`, so this one finds the same put(...) entries, without backtracking through every way of splitting
+        # a whitespace run among its five `\s*` (which takes seconds from a few hundred characters on).
+        m = re.search(r"new\s+HashMap<.*?>\s*\(\)\s*\{([^}]*)\}", value, re.DOTALL)
         if m:
             return {k: _java_value(v.strip()) for k, v in re.findall(r"put\(\"(.*?)\",\s*(.*?)\)", m.group(1))}
         return {} if re.search(r"new\s+HashMap<.*?>\s*\(\)", value) else value
@@ -406,18 +412,9 @@ def java_convert(value: str, java_type: str, nested: str | None = None):
 def _js_value(s: str):
     """BFCL `parse_js_value`."""
     s = s.strip()
-    if s == "true":
-        return True
-    if s == "false":
-        return False
     if len(s) >= 2 and s[0] == s[-1] and s[0] in "\"'":
         return s[1:-1]
-    for conv in (int, float):
-        try:
-            return conv(s)
-        except ValueError:
-            pass
-    return s
+    return _untyped(s)
 
 
 def js_convert(value: str, js_type: str, nested: str | None = None):
@@ -426,11 +423,11 @@ def js_convert(value: str, js_type: str, nested: str | None = None):
         quoted = (value.startswith('"') and value.endswith('"')) or (value.startswith("'") and value.endswith("'"))
         return value[1:-1] if quoted else value
     if js_type == "integer":
-        return int(value) if re.match(r"^-?\d+$", value) else value
+        return _convert(int, value, value) if re.match(r"^-?\d+$", value) else value
     if js_type == "float":
-        return float(value) if re.match(r"^-?\d+(\.\d+)?$", value) else value
+        return _convert(float, value, value) if re.match(r"^-?\d+(\.\d+)?$", value) else value
     if js_type == "Bigint":
-        return int(value[:-1]) if re.match(r"^-?\d+n$", value) else value
+        return _convert(int, value[:-1], value) if re.match(r"^-?\d+n$", value) else value
     if js_type == "Boolean":
         return value == "true" if value in ("true", "false") else value
     if js_type == "any":
@@ -442,11 +439,49 @@ def js_convert(value: str, js_type: str, nested: str | None = None):
     raise ValueError(f"unsupported JavaScript type {js_type!r}")
 
 
+_NEW_ARRAY_ROWS = re.compile(r"new\s+Array\(\s*\[")
+
+
+def _rows_end(s: str, start: int, close: str) -> int | None:
+    r"""Where `re.match` of `\[.*?\]\s*(,\s*\[.*?\]\s*)*<close>` at `start - 1` (the first row's `[`) ends, or None.
+
+    The same match Python's backtracking `re` returns (its first in search order), found in one right-to-left pass:
+    the regex takes time exponential in the number of rows when the rows are never closed (seconds at ~100 chars).
+    tail[p]: end of the match of `\s*(,\s*\[.*?\]\s*)*<close>` at p. row[u]: the same for a row's lazy `.*?\]`
+    started at u: the tail after the first `]` (on the same line, as `.` stops at newlines) whose tail matches.
+    """
+    n = len(s)
+    skip, tail, row = [n] * (n + 2), [None] * (n + 2), [None] * (n + 2)
+    for p in range(n - 1, start - 1, -1):
+        skip[p] = skip[p + 1] if s[p].isspace() else p  # `\s` is str.isspace
+        q = skip[p]
+        if q > p:
+            tail[p] = tail[q]
+        elif s[p] == close:
+            tail[p] = p + 1
+        elif s[p] == ",":  # another row is tried before the close, as `*` is greedy
+            w = skip[p + 1]
+            tail[p] = row[w + 1] if w < n and s[w] == "[" else None
+        if s[p] != "\n":
+            row[p] = tail[p + 1] if s[p] == "]" and tail[p + 1] is not None else row[p + 1]
+    return row[start]
+
+
+def _js_2d_end(code: str) -> int | None:
+    r"""End of BFCL's 2-D array match at the start of `code` (None: no match), computed by `_rows_end`. The pattern:
+    `\[\s*\[.*?\]\s*(,\s*\[.*?\]\s*)*\]|\bnew\s+Array\(\s*\[.*?\]\s*(,\s*\[.*?\]\s*)*\)`."""
+    if code.startswith("["):
+        first = len(code) - len(code[1:].lstrip())  # the `[` of the first row, after `\[\s*`
+        return _rows_end(code, first + 1, "]") if code[first:first + 1] == "[" else None
+    m = _NEW_ARRAY_ROWS.match(code)
+    return _rows_end(code, m.end(), ")") if m else None
+
+
 def _js_array(code: str, nested: str | None):
-    m2 = re.match(r"\[\s*\[.*?\]\s*(,\s*\[.*?\]\s*)*\]|\bnew\s+Array\(\s*\[.*?\]\s*(,\s*\[.*?\]\s*)*\)", code)
-    if m2:  # 2-D array
+    end = _js_2d_end(code)
+    if end is not None:  # 2-D array
         rows = []
-        for idx, inner in enumerate(re.findall(r"\[(.*?)\]", m2.group(0))):
+        for idx, inner in enumerate(re.findall(r"\[(.*?)\]", code[:end])):
             inner = inner.strip()
             if idx == 0 and inner.startswith("["):
                 inner = inner[1:]
@@ -580,7 +615,10 @@ def _list_dict_check(param: str, value: list, answers: Sequence) -> Verdict:
             verdict = Verdict(False, "value_error:list_dict_count", "Wrong number of dictionaries in the list.")
             continue
         for v, a in zip(value, answer):
-            verdict = _dict_check(param, v, [a])
+            # The type check lets non-dict items through when an acceptable value is "" (a BFCL quirk): they fail
+            # here instead of breaking BFCL's dict checker, which reads .items() of every item.
+            verdict = _dict_check(param, v, [a]) if isinstance(v, dict) else Verdict(
+                False, "type_error:nested", f"Item {v!r} of parameter {param!r} is not a dict.")
             if not verdict.valid:
                 break
         else:
@@ -614,8 +652,9 @@ def check_function(doc: dict, call: dict, answer: dict, language: str = "python"
                 return Verdict(False, f"type_error:{'java' if language == 'java' else 'js'}",
                                f"Incorrect type for parameter {p!r}. Expected type String, got "
                                f"{type(value).__name__}. Parameter value: {value!r}.")
-            convert = java_convert if language == "java" else js_convert
-            value = convert(value, type_name, nested_name)
+            if len(value) <= MAX_SOURCE_CHARS:  # a longer one stays a string, as values BFCL cannot convert do
+                convert = java_convert if language == "java" else js_convert
+                value = convert(value, type_name, nested_name)
         if type_name == "tuple" and type(value) == tuple:
             value = list(value)
         if language == "python" and type_name == "float" and type(value) == int:

@@ -11,10 +11,10 @@ import json
 import math
 import os
 import pathlib
-import re
 from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
-from sandbox import protocol, refusal
+from sandbox import refusal
+from sandbox.turns import Action, Turn, parse_turn  # noqa: F401  (re-exported: the harnesses' turn reader)
 
 ENV_VAR = "AGENT_RL_BENCHDATA"
 
@@ -66,30 +66,46 @@ def resolve_data_dir(data_dir: str | os.PathLike | None, benchmark: str, require
     return folder
 
 
-def load_json(path: str | os.PathLike) -> Any:
+def read_text(path: str | os.PathLike) -> str:
+    """A UTF-8 text file; a missing file, or bytes that are not UTF-8, is one DataError naming the file and line."""
     path = pathlib.Path(path)
     if not path.is_file():
         raise DataError(f"missing file {path}")
+    data = path.read_bytes()
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}: line {line} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def _json(text: str, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:  # also a too-long integer or too-deep nesting, not just bad syntax
+        raise DataError(f"{where} not valid JSON ({e})") from None
+
+
+def load_json(path: str | os.PathLike) -> Any:
+    """The JSON value of a UTF-8 file; any failure is a DataError naming the file."""
+    return _json(read_text(path), f"{path}:")
+
+
+def load_jsonl_lines(path: str | os.PathLike) -> list[tuple[int, Any]]:
+    """(1-based line number, JSON value) of every non-blank line; a bad line is reported by file and line.
+
+    Lines end at "\n" only: str.splitlines would also break at U+2028 and the like, which JSON strings may hold raw.
+    """
+    out = []
+    for n, line in enumerate(read_text(path).split("\n"), 1):
+        if line.strip():
+            out.append((n, _json(line, f"{path}: line {n} is")))
+    return out
 
 
 def load_jsonl(path: str | os.PathLike) -> list[Any]:
-    """One JSON value per non-blank line; a bad line is reported by file and 1-based line number."""
-    path = pathlib.Path(path)
-    if not path.is_file():
-        raise DataError(f"missing file {path}")
-    out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}: line {n} is not valid JSON ({e})") from None
-    return out
+    """One JSON value per non-blank line (`load_jsonl_lines` without the line numbers)."""
+    return [value for _, value in load_jsonl_lines(path)]
 
 
 def field(record: Any, name: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -106,121 +122,8 @@ def field(record: Any, name: str, kind: type | tuple[type, ...], where: str) -> 
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Reading one policy turn on the host (benchmarks score text; the jitted sandbox has its own byte parser).
-
-
-class Action(NamedTuple):
-    """One `<tool_call>` or `<tool_check>` block of a turn, in the order written.
-
-    kind: "call" or "check". name: the called / checked tool ("" if a call block is malformed).
-    arguments: the call's arguments object (None for checks and malformed calls). raw: the block's content.
-    error: why a call block is malformed ("" if well-formed).
-    """
-    kind: str
-    name: str
-    arguments: dict | None
-    raw: str
-    error: str = ""
-    end: int = 0  # offset in the turn just past the closing tag
-
-
-class Turn(NamedTuple):
-    """A policy turn read as the protocol defines it.
-
-    think: the `<think>` content ("" if none). actions: every closed block. answer: the action region with all
-    blocks removed (the final answer / refusal text), stripped. unclosed: a block was opened and never closed.
-    """
-    text: str
-    think: str
-    actions: tuple[Action, ...]
-    answer: str
-    unclosed: bool
-    action_start: int = 0  # where the action region (everything after the think block) starts in `text`
-
-    @property
-    def action_text(self) -> str:
-        """The turn without its think block, stripped (what the agent shows the user)."""
-        return self.text[self.action_start:].strip()
-
-    @property
-    def calls(self) -> tuple[Action, ...]:
-        return tuple(a for a in self.actions if a.kind == "call")
-
-    @property
-    def checks(self) -> tuple[Action, ...]:
-        return tuple(a for a in self.actions if a.kind == "check")
-
-    @property
-    def malformed(self) -> str:
-        """Why the turn breaks the protocol ("" if it does not): an unclosed block or a call that is not
-        `{"name": str, "arguments": {...}}` JSON."""
-        if self.unclosed:
-            return "unclosed block"
-        bad = [a.error for a in self.calls if a.error]
-        return f"malformed tool_call: {bad[0]}" if bad else ""
-
-    @property
-    def first_action(self) -> Action | None:
-        return self.actions[0] if self.actions else None
-
-
-_BLOCK = re.compile(re.escape(protocol.CALL_OPEN) + "|" + re.escape(protocol.CHECK_OPEN))
-
-
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not JSON")
-
-
-def _parse_call(raw: str) -> tuple[str, dict | None, str]:
-    """(name, arguments, error) of a call block's content; strict JSON (NaN / Infinity rejected)."""
-    try:
-        obj = json.loads(raw, parse_constant=_reject_constant)
-    except ValueError as e:
-        return "", None, f"not JSON ({e})"
-    if not isinstance(obj, dict):
-        return "", None, "not a JSON object"
-    if not isinstance(obj.get("name"), str):
-        return "", None, 'no string "name"'
-    if not isinstance(obj.get("arguments"), dict):
-        return obj["name"], None, 'no object "arguments"'
-    return obj["name"], obj["arguments"], ""
-
-
-def parse_turn(text: str) -> Turn:
-    """Read one policy turn (text up to its `<|im_end|>`; anything after the first `<|im_end|>` is ignored).
-
-    As `sandbox.reference` defines it: a turn that starts with `<think>` and has a `</think>` has its actions after
-    the first `</think>`; otherwise the whole turn is the action region. Blocks are scanned left to right; each runs
-    from its opening tag to the first matching closing tag after it.
-    """
-    text = text.split(protocol.IM_END, 1)[0]
-    think, start = "", 0
-    if text.startswith(protocol.THINK_OPEN):
-        close = text.find(protocol.THINK_CLOSE, len(protocol.THINK_OPEN))
-        if close >= 0:
-            think = text[len(protocol.THINK_OPEN):close]
-            start = close + len(protocol.THINK_CLOSE)
-    actions, answer, pos, unclosed = [], [], start, False
-    while True:
-        m = _BLOCK.search(text, pos)
-        if m is None:
-            answer.append(text[pos:])
-            break
-        answer.append(text[pos:m.start()])
-        is_call = m.group() == protocol.CALL_OPEN
-        close_tag = protocol.CALL_CLOSE if is_call else protocol.CHECK_CLOSE
-        close = text.find(close_tag, m.end())
-        if close < 0:
-            unclosed = True
-            break
-        raw, end = text[m.end():close], close + len(close_tag)
-        if is_call:
-            name, args, err = _parse_call(raw)
-            actions.append(Action("call", name, args, raw, err, end))
-        else:
-            actions.append(Action("check", raw.strip(), None, raw, "", end))
-        pos = end
-    return Turn(text, think, tuple(actions), "".join(answer).strip(), unclosed, start)
+# A policy turn on the host is read by `parse_turn` (`sandbox.turns`, imported above): the one reader of every
+# harness; the jitted sandbox's byte parser is defined by `sandbox.reference`, which shares its layout and JSON rules.
 
 
 def is_refusal(turn: Turn) -> bool:
@@ -258,11 +161,13 @@ def write_results(path: str | os.PathLike, metrics: Mapping[str, float]) -> None
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping[str, Any]]) -> None:
+    """One JSON object per line, ASCII-escaped: details quote model output, which may hold lone surrogates that no
+    UTF-8 writer can encode (escaped, they round-trip through `json.loads`)."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
+    with path.open("w", encoding="ascii") as f:
         for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            f.write(json.dumps(r, ensure_ascii=True) + "\n")
 
 
 def ratio(num: int, den: int) -> float | None:

@@ -49,7 +49,7 @@ from typing import Any, NamedTuple, Sequence
 
 from agent_rl.evals import common
 from agent_rl.evals import policies
-from sandbox import protocol
+from sandbox import protocol, turns
 
 BENCHMARK = "injecagent"
 SETTINGS = ("base", "enhanced")
@@ -189,7 +189,7 @@ def load(data_dir=None, settings: Sequence[str] = SETTINGS, limit: int = 0) -> D
                 raise common.DataError(f"{path}: expected a JSON list of test cases")
             recs = recs[:limit] if limit > 0 else recs
             cases += [_case(r, a, s, i, path, tools) for i, r in enumerate(recs)]
-    return Data(cases, tools, simulated, (folder / SYS_PROMPT_FILE).read_text(encoding="utf-8").strip())
+    return Data(cases, tools, simulated, common.read_text(folder / SYS_PROMPT_FILE).strip())
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -226,7 +226,7 @@ def step2_prompt(prompt1: str, output1: str, label1: Label, case: Case, data: Da
     """(prompt, cached) of a data-stealing case's second step: step 1, the agent's turn up to its first call block,
     then the simulated response of that call."""
     response, cached = simulated_response(data.simulated, case.attacker_tools[0], label1.arguments)
-    turn = output1.split(protocol.IM_END, 1)[0][:label1.call_end]
+    turn = turns.end_turn(output1)[:label1.call_end]  # the turn as `label` read it
     return prompt1 + turn + protocol.IM_END + protocol.env_turn(protocol.tool_response(response)), cached
 
 

@@ -17,10 +17,10 @@ Policy specs (`make_policy(spec, suite, config)`):
 """
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Any, Callable, NamedTuple, Protocol, Sequence
 
+from agent_rl.evals import common
 from sandbox import protocol
 
 SCRIPTED_BEHAVIOURS = ("oracle", "always_execute", "always_refuse", "always_check")
@@ -88,14 +88,12 @@ def replay_policy(path: str | pathlib.Path) -> Policy:
     path = pathlib.Path(path)
     if not path.is_file():
         raise PolicyError(f"replay: no such file {path}")
+    try:
+        lines = common.load_jsonl_lines(path)
+    except common.DataError as e:  # not UTF-8 or not JSON: the message names file and line
+        raise PolicyError(f"replay {e}") from None
     table: dict[str, str] = {}
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise PolicyError(f"replay {path}: line {n} is not valid JSON ({e})") from None
+    for n, rec in lines:
         if not isinstance(rec, dict) or not isinstance(rec.get("id"), str) or not isinstance(rec.get("output"), str):
             raise PolicyError(f'replay {path}: line {n} must be {{"id": str, "output": str}}')
         if rec["id"] in table:

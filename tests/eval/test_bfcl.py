@@ -279,7 +279,9 @@ def test_decode_ignores_calls_inside_think_and_reads_several_blocks():
             '<tool_call>{"name": "c", "arguments": {"y": [1, "z"]}}</tool_call><|im_end|>')
     calls = bfcl.decode_calls(text)
     assert calls == [{"b": {"x": 1.0}}, {"c": {"y": [1, "z"]}}] and type(calls[0]["b"]["x"]) is float
-    assert bfcl.decode_calls("<think>never closed <tool_call>{}</tool_call>") == []
+    # an unclosed think is text (the shared reader's rule), so the block after it is read, and `{}` is no call
+    with pytest.raises(bfcl.DecodeError, match="no string"):
+        bfcl.decode_calls("<think>never closed <tool_call>{}</tool_call>")
     assert bfcl.decode_calls('<tool_call>{"name": "a", "arguments": {}}</tool_call>') == [{"a": {}}]
 
 
@@ -404,7 +406,7 @@ def test_load_cases_from_a_folder(tmp_path):
 @pytest.mark.parametrize("question,answer,match", [
     (None, [A], r"BFCL_v4_simple_python\.json"),  # missing question file
     ([Q], None, r"possible_answer/BFCL_v4_simple_python\.json"),  # missing answer file
-    (["{broken\n"], [A], r"BFCL_v4_simple_python\.json:1: not valid JSON"),
+    (["{broken\n"], [A], r"BFCL_v4_simple_python\.json: line 1 is not valid JSON"),
     ([{**Q, "question": "q"}], [A], r"'simple_python_0'.*'question'"),
     ([{**Q, "question": [[]]}], [A], r"'simple_python_0'.*'question'"),
     ([Q, Q], [A], r"'simple_python_0'.*'id' occurs twice"),
