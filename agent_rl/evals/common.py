@@ -33,7 +33,7 @@ class RunArgs(NamedTuple):
     tool_style: str = "compact"
     config: Any = None
     judge_dir: str | None = None  # agent_safetybench: a local judge checkpoint (ShieldAgent) to score with
-    safety_k: int = 0  # sandbox: episodes per scenario for safety@k (0: the config's eval.safety_k, else 4)
+    safety_k: int = 0  # sandbox: episodes per scenario for safety@k (0: 4)
     lora_scale: float = 1.0  # model policies: multiplier of a LoRA run's adapters (0 = its base, 1 = as trained)
 
 

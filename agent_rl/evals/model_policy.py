@@ -25,6 +25,7 @@ from agent_rl import checkpoint as ckpt
 from agent_rl import lora
 from agent_rl import model as model_lib
 from agent_rl import sampling
+from agent_rl import setup as setup_lib
 from agent_rl import tokenizer as tok_lib
 from agent_rl.evals.policies import PolicyError
 
@@ -85,8 +86,6 @@ def _checkpoint_dirs(path: str) -> tuple[pathlib.Path, pathlib.Path]:
 
 
 def _tokenizer(cfg, where: str):
-    from agent_rl import train
-
     if cfg.tokenizer.kind == "hf":
         tdir = pathlib.Path(cfg.tokenizer.path or cfg.model.hf_dir).expanduser()
         if not (tdir / "tokenizer.json").is_file() and not (tdir / "vocab.json").is_file():
@@ -94,7 +93,7 @@ def _tokenizer(cfg, where: str):
                               f"missing or holds no tokenizer.json")
     if cfg.model.hf_dir and not (pathlib.Path(cfg.model.hf_dir).expanduser() / "config.json").is_file():
         raise PolicyError(f"{where}: model directory {cfg.model.hf_dir} (config.model.hf_dir) has no config.json")
-    return train.build_tokenizer(cfg, train.build_model_config(cfg).vocab_size if cfg.model.hf_dir else None)
+    return setup_lib.build_tokenizer(cfg, setup_lib.build_model_config(cfg).vocab_size if cfg.model.hf_dir else None)
 
 
 def load_checkpoint(path: str, config: Any = None, lora_scale: float = 1.0) -> ModelPolicy:
@@ -105,8 +104,6 @@ def load_checkpoint(path: str, config: Any = None, lora_scale: float = 1.0) -> M
     config is what the weights were trained with. A LoRA run's checkpoint holds its adapters: the base weights
     load from the run's model.hf_dir, and lora_scale multiplies the adapters."""
     del config
-    from agent_rl import train
-
     want = None
     if "@" in path and path.rsplit("@", 1)[1].isdigit():  # checkpoint:WORKDIR@STEP picks a step (e.g. the SFT base)
         path, want = path.rsplit("@", 1)[0], int(path.rsplit("@", 1)[1])
@@ -128,7 +125,7 @@ def load_checkpoint(path: str, config: Any = None, lora_scale: float = 1.0) -> M
                                   f"in {cdir}")
             cfg = ml_collections.ConfigDict(meta["config"])
         tok = _tokenizer(cfg, f"checkpoint {cdir}")
-        model_cfg = train.build_model_config(cfg, tok.vocab_size)
+        model_cfg = setup_lib.build_model_config(cfg, tok.vocab_size)
         if lora_scale != 1.0 and not model_cfg.lora_rank:
             raise PolicyError(f"checkpoint {cdir}: --lora_scale={lora_scale} needs a LoRA run (config.model.lora_rank > 0)")
         abstract = nnx.eval_shape(lambda: model_lib.Transformer(model_cfg, rngs=nnx.Rngs(0)))
@@ -149,7 +146,7 @@ def load_checkpoint(path: str, config: Any = None, lora_scale: float = 1.0) -> M
                 print(f"warning: {where} is unreadable ({why}); trying the previous step", file=sys.stderr)
     params = restored[ckpt.STATE]["params"]
     if model_cfg.lora_rank:  # the checkpoint holds the adapters; the frozen base is the run's hf_dir (or its seed)
-        _, _, frozen = lora.split(train.build_model(cfg, model_cfg))
+        _, _, frozen = lora.split(setup_lib.build_model(cfg, model_cfg))
         params = lora.full_state(lora.scale(params, lora_scale), frozen)
     return ModelPolicy(f"checkpoint:{path}", tok, graphdef, params, cfg,
                        max_new_tokens=int(cfg.env.max_turn_tokens), batch_size=int(cfg.eval.batch_size))

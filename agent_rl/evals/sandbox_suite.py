@@ -17,13 +17,12 @@ greedy episodes that got their cell wrong, with the generated text.
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from agent_rl import rollout
+from agent_rl import evaluation
+from agent_rl import setup as setup_lib
 from agent_rl.evals import common, policies
 from sandbox import catalogue, generate
 from sandbox import compile as compile_lib
@@ -38,9 +37,6 @@ DEFAULT_K = 4
 SPLITS = ("heldout", "train")
 HEADLINE = ("malicious_refusal", "sensitive_verification", "injection_success", "benign_success", "over_refusal",
             "over_verification", "safety_at_k")
-
-# episodes(batch Scenario [B, ...], key, temperature) -> Trajectory
-Episodes = Callable[[T.Scenario, jax.Array, float], rollout.Trajectory]
 
 
 def default_config():
@@ -65,62 +61,12 @@ def compile_scenarios(specs, tokenizer, shapes: T.Shapes, tool_style: str, safet
     return sc.replace(prompt=jnp.asarray(prompt), prompt_len=jnp.asarray([len(p) for p in prompts], jnp.int32))
 
 
-def scripted_episodes(policy_id: int, vocab: T.Vocab, env_params: T.EnvParams) -> Episodes:
-    def episodes(batch, key, temperature):
-        del temperature  # scripted turns are fixed; only the simulated user's check answers are drawn
-        ids = jnp.full((batch.prompt.shape[0],), policy_id, jnp.int32)
-        return rollout.scripted_episodes(ids, batch, vocab, key, env_params, max_new_tokens=int(env_params.max_tokens))
-    return episodes
-
-
-def model_episodes(graphdef, params, vocab: T.Vocab, env_params: T.EnvParams) -> Episodes:
-    def episodes(batch, key, temperature):
-        return rollout.sample_episodes(graphdef, params, rollout.trim_prompts(batch), vocab, key, env_params,
-                                       jnp.float32(temperature), max_new_tokens=int(env_params.max_tokens))
-    return episodes
-
-
-@jax.jit
-def _outcome(env_state, scenario):
-    return jax.vmap(env_lib.outcome)(env_state, scenario)
-
-
-def run_episodes(episodes: Episodes, scenario: T.Scenario, per_call: int, key: jax.Array, temperature: float,
-                 k: int = 1, *, new_tokens: int) -> tuple[T.Outcome, np.ndarray, np.ndarray]:
-    """k episodes of every scenario, `per_call` episodes a call (a multiple of k; one compiled shape: the last call
-    repeats its last scenario, and the copies are dropped).
-
-    Returns (outcome with numpy arrays [N * k], scenario-major: the k episodes of scenario i are rows i*k .. i*k+k-1;
-    tokens int32[N * k, T] and valid bool[N * k, T]: the last T = `new_tokens` columns of each trajectory, what was
-    emitted after the (possibly trimmed) prompt: the rollout's max_new_tokens)."""
-    n = scenario.prompt.shape[0]
-    if per_call % k:
-        raise ValueError(f"run_episodes: per_call={per_call} is not a multiple of k={k}")
-    per = per_call // k  # scenarios per call
-    outs, toks, valids = [], [], []
-    for i in range(0, n, per):
-        idx = np.arange(i, min(i + per, n))
-        idx = np.pad(idx, (0, per - idx.size), mode="edge")
-        batch = compile_lib.take(scenario, idx)
-        if k > 1:
-            batch = rollout.repeat_group(batch, k)
-        traj = episodes(batch, jax.random.fold_in(key, i), temperature)
-        keep = min(per, n - i) * k
-        outs.append(jax.tree.map(lambda x: np.asarray(x)[:keep], _outcome(traj.env_state, batch)))
-        toks.append(np.asarray(traj.tokens)[:keep, traj.tokens.shape[1] - new_tokens:])
-        valids.append(np.asarray(traj.valid)[:keep, traj.valid.shape[1] - new_tokens:])
-    outcome = jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
-    return outcome, np.concatenate(toks), np.concatenate(valids)
-
-
 def _settings(spec: str, args: common.RunArgs):
     """(cfg, tokenizer, episodes(vocab, env_params) factory, safety text or None) for a policy spec."""
     if spec in policies.SCRIPTED_BEHAVIOURS:
-        from agent_rl import train
-
         cfg = args.config or default_config()
         pid = T.POLICIES.index(spec)
-        return cfg, train.build_tokenizer(cfg), lambda vocab, ep: scripted_episodes(pid, vocab, ep), None
+        return cfg, setup_lib.build_tokenizer(cfg), lambda vocab, ep: evaluation.scripted_episodes(pid, vocab, ep), None
     if spec.partition(":")[0] == "replay":
         raise policies.PolicyError("sandbox: replay policies cannot answer the environment turn by turn; use a "
                                    "scripted or model policy")
@@ -133,19 +79,19 @@ def _settings(spec: str, args: common.RunArgs):
         raise policies.PolicyError(f"sandbox: policy {spec!r} is not a JAX model (checkpoint:PATH, hf:DIR or "
                                    f"prompt_guard: of one); the sandbox runs the model through the jitted env")
     cfg = args.config or model.run_config or default_config()
-    return (cfg, model.tokenizer, lambda vocab, ep: model_episodes(model.graphdef, model.params, vocab, ep),
+    return (cfg, model.tokenizer, lambda vocab, ep: evaluation.model_episodes(model.graphdef, model.params, vocab, ep),
             safety)
 
 
 def run(policy_spec: str, args: common.RunArgs) -> tuple[dict, list[dict]]:
     """Suite entry: `args.split` "" (heldout) | "heldout" | "train"; `args.limit` scenarios (0: 440);
-    `args.safety_k` episodes per scenario for safety_at_k (0: config eval.safety_k, else 4)."""
+    `args.safety_k` episodes per scenario for safety_at_k (0: 4)."""
     split = args.split or "heldout"
     if split not in SPLITS:
         raise common.DataError(f"sandbox: --split {split!r}; expected one of {SPLITS}")
     cfg, tok, make_episodes, safety = _settings(policy_spec, args)
     n = args.limit if args.limit > 0 else DEFAULT_N
-    k = int(getattr(args, "safety_k", 0) or cfg.eval.get("safety_k", 0) or DEFAULT_K)
+    k = args.safety_k or DEFAULT_K
     seed = int(cfg.data.seed)
     specs = generate.generate(seed, split, n)
     scenario = compile_scenarios(specs, tok, T.Shapes(**dict(cfg.shapes)), cfg.data.tool_style, safety)
@@ -155,11 +101,11 @@ def run(policy_spec: str, args: common.RunArgs) -> tuple[dict, list[dict]]:
     per_call = max(k, min(int(cfg.eval.batch_size), n * k) // k * k)
     key = jax.random.key(seed + 1)
 
-    greedy, tokens, valid = run_episodes(episodes, scenario, per_call, jax.random.fold_in(key, 0), 0.0,
+    greedy, tokens, valid = evaluation.run_episodes(episodes, scenario, per_call, jax.random.fold_in(key, 0), 0.0,
                                          new_tokens=int(env_params.max_tokens))
     user_kind, tool_kind = np.asarray(scenario.user_kind), np.asarray(scenario.tool_kind)
     summary = sandbox_metrics.summarize(greedy, user_kind, tool_kind)
-    sampled, _, _ = run_episodes(episodes, scenario, per_call, jax.random.fold_in(key, 1), 1.0, k,
+    sampled, _, _ = evaluation.run_episodes(episodes, scenario, per_call, jax.random.fold_in(key, 1), 1.0, k,
                                  new_tokens=int(env_params.max_tokens))
     summary["safety_at_k"] = sandbox_metrics.safety_at_k(jax.tree.map(lambda x: x.reshape((n, k) + x.shape[1:]),
                                                                       sampled))

@@ -63,9 +63,9 @@ def test_gradients_reach_only_adapters():
 
 
 def test_sft_step_updates_only_adapters():
-  """train.sft_step with LoRA: the optimizer state and update cover the adapters; the base is untouched."""
+  """steps.sft_step with LoRA: the optimizer state and update cover the adapters; the base is untouched."""
   import optax
-  from agent_rl import train
+  from agent_rl import steps
 
   _, graphdef, adapters, frozen = _trained()
   frozen_before = jax.tree.map(np.asarray, frozen)
@@ -74,7 +74,7 @@ def test_sft_step_updates_only_adapters():
   assert len(jax.tree.leaves(opt_state)) == 2 * len(jax.tree.leaves(adapters)) + 1
   before = jax.tree.map(np.asarray, adapters)
   mask = VALID & (jnp.arange(9) > 4)
-  new, _, m = train.sft_step(graphdef, adapters, opt_state, TOKENS, VALID, mask, frozen, tx=tx, microbatch=1)
+  new, _, m = steps.sft_step(graphdef, adapters, opt_state, TOKENS, VALID, mask, frozen, tx=tx, microbatch=1)
   assert np.isfinite(float(m["sft/loss"]))
   assert all(np.abs(np.asarray(a) - b).max() > 0 for a, b in zip(jax.tree.leaves(new), jax.tree.leaves(before)))
   jax.tree.map(np.testing.assert_array_equal, frozen, frozen_before)

@@ -69,9 +69,9 @@ def test_no_grpo_phase_needs_no_grpo_batch_rules():
 def test_resume_changes_split_blocking_from_allowed():
     saved = micro.get_config().to_dict()
     new = _cfg(grpo__steps=9, eval__batch_size=11, model__d_model=64, data__n_iid=0).to_dict()
-    del new["sft"]["context_weight"]
+    del new["sft"]["weight_decay"]
     blocking, allowed = run_config.resume_changes(saved, new)
-    assert blocking == {"data.n_iid": (22, 0), "model.d_model": (32, 64), "sft.context_weight": (0.0, "(absent)")}
+    assert blocking == {"data.n_iid": (22, 0), "model.d_model": (32, 64), "sft.weight_decay": (0.0, "(absent)")}
     assert allowed == {"eval.batch_size": (22, 11), "grpo.steps": (2, 9)}
     assert run_config.resume_changes(saved, micro.get_config().to_dict()) == ({}, {})
 

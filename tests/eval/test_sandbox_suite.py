@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from agent_rl import checkpoint as ckpt
+from agent_rl import setup as setup_lib
 from agent_rl import train
 from agent_rl.evals import common, model_policy, policies, sandbox_suite
 from configs import tiny
@@ -23,7 +24,7 @@ HEADLINE = ("malicious_refusal", "sensitive_verification", "injection_success", 
 def cfg(tmp_path_factory):
     c = tiny.get_config()
     c.tokenizer.update(vocab_size=1024, cache_dir=str(tmp_path_factory.mktemp("tokenizer")))
-    train.build_tokenizer(c)  # trained once and cached for every test here
+    setup_lib.build_tokenizer(c)  # trained once and cached for every test here
     return c
 
 
@@ -62,7 +63,7 @@ def test_bad_split_and_replay(cfg, tmp_path):
 
 
 def test_prompt_guard_prompts_hold_the_safety_text(cfg):
-    tok = train.build_tokenizer(cfg)
+    tok = setup_lib.build_tokenizer(cfg)
     specs = generate.generate(0, "heldout", 3)
     shapes = sandbox_suite.T.Shapes(**dict(cfg.shapes))
     plain = sandbox_suite.compile_scenarios(specs, tok, shapes, "compact")
