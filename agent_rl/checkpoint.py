@@ -84,14 +84,18 @@ def _abstract(x: Any) -> Any:
     return ocp.utils.to_shape_dtype_struct(jnp.asarray(x) if not isinstance(x, jax.Array) else x)
 
 
-def restore(manager: ocp.CheckpointManager, target: Any,
-            step: int | None = None) -> tuple[Any, dict[str, Any]] | None:
+def restore(manager: ocp.CheckpointManager, target: Any, step: int | None = None, *,
+            partial: bool = False) -> tuple[Any, dict[str, Any]] | None:
     """Restore step `step` (default: the latest) into the structure of `target`.
 
     Args:
       target: a pytree like the saved state, of arrays or `jax.ShapeDtypeStruct`s (e.g. from
         `jax.eval_shape` / `nnx.eval_shape`); restored arrays take their shapes, dtypes and
         shardings from it.
+      partial: `target` holds only part of the saved state (e.g. {"params": ...} of a state that also
+        holds optimizer state): only that part is read, the rest is left on disk. Orbax binds one
+        handler per item to a manager, so a partial restore needs a manager that has not saved or
+        fully restored a state (e.g. one from `read_only_manager`).
     Returns:
       (state, meta), or None when the directory holds no finished checkpoint.
     Raises:
@@ -111,9 +115,13 @@ def restore(manager: ocp.CheckpointManager, target: Any,
     if missing:
         raise CheckpointError(f"checkpoint step {step} in {manager.directory}: item '{missing[0]}' is missing")
     abstract = jax.tree.map(_abstract, target)
+    if partial:
+        state_args = ocp.args.PyTreeRestore(abstract, partial_restore=True,
+                                            restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
+    else:
+        state_args = ocp.args.StandardRestore(abstract)
     try:
-        restored = manager.restore(step, args=ocp.args.Composite(
-            **{STATE: ocp.args.StandardRestore(abstract), META: ocp.args.JsonRestore()}))
+        restored = manager.restore(step, args=ocp.args.Composite(**{STATE: state_args, META: ocp.args.JsonRestore()}))
         state = jax.tree.map(
             lambda t, x: jax.random.wrap_key_data(x, dtype=t.dtype) if _is_key(t) else x,
             target, restored[STATE])
@@ -121,6 +129,13 @@ def restore(manager: ocp.CheckpointManager, target: Any,
         raise CheckpointError(
             f"cannot restore checkpoint step {step} from {manager.directory} "
             f"(corrupt, or saved from a different state structure): {type(e).__name__}: {e}") from e
+    # A partial restore hands back, unchanged, any target leaf the checkpoint does not hold.
+    absent = [jax.tree_util.keystr(path) for path, x in jax.tree_util.tree_flatten_with_path(restored[STATE])[0]
+              if isinstance(x, jax.ShapeDtypeStruct)]
+    if absent:
+        raise CheckpointError(f"checkpoint step {step} in {manager.directory} holds no {', '.join(absent[:3])}"
+                              f"{f' (and {len(absent) - 3} more)' if len(absent) > 3 else ''}: saved from a "
+                              f"different state structure")
     meta = restored[META]
     if not isinstance(meta, dict):
         raise CheckpointError(f"checkpoint step {step} in {manager.directory}: item '{META}' is missing")
@@ -128,16 +143,18 @@ def restore(manager: ocp.CheckpointManager, target: Any,
 
 
 def restore_newest(manager: ocp.CheckpointManager, target_for: Callable[[int], Any],
-                   on_skip: Callable[[int, CheckpointError], None] | None = None
+                   on_skip: Callable[[int, CheckpointError], None] | None = None, *,
+                   steps: Sequence[int] | None = None, partial: bool = False
                    ) -> tuple[int, Any, dict[str, Any]] | None:
     """(step, state, meta) of the newest checkpoint that reads, trying steps newest first; each unreadable one
     (truncated arrays, garbage metadata, a missing item) goes to `on_skip(step, error)` and is passed over.
     target_for(step): the restore target of that step (a run's state structure may differ between phases).
+    steps: the steps to try, in that order (default: all the manager's, newest first). partial: as in `restore`.
     None when no checkpoint reads, or there is none."""
     manager.wait_until_finished()
-    for step in sorted(manager.all_steps(), reverse=True):
+    for step in sorted(manager.all_steps(), reverse=True) if steps is None else steps:
         try:
-            state, meta = restore(manager, target_for(step), step)
+            state, meta = restore(manager, target_for(step), step, partial=partial)
         except CheckpointError as e:
             if on_skip is not None:
                 on_skip(step, e)
@@ -160,15 +177,20 @@ def set_aside(manager: ocp.CheckpointManager, step: int, error: Exception) -> No
           f"trying the previous one", flush=True)
 
 
+def read_only_manager(directory: str | os.PathLike) -> ocp.CheckpointManager:
+    """A manager that reads the checkpoints in an existing `directory` and never writes to it (no saves, no
+    pruning, no directory creation)."""
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+    return ocp.CheckpointManager(os.path.abspath(directory), options=options, item_names=(STATE, META))
+
+
 def restore_latest(directory: str | os.PathLike,
                    target: Any) -> tuple[Any, int, dict[str, Any]] | None:
     """(state, step, meta) of the newest finished checkpoint in `directory`, or None if there is
     none (the directory is missing or empty). Never writes to `directory`."""
     if not os.path.isdir(directory):
         return None
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
-    with ocp.CheckpointManager(os.path.abspath(directory), options=options,
-                               item_names=(STATE, META)) as manager:
+    with read_only_manager(directory) as manager:
         step = manager.latest_step()
         restored = restore(manager, target, step) if step is not None else None
     if restored is None:

@@ -96,6 +96,12 @@ def _tokenizer(cfg, where: str):
     return setup_lib.build_tokenizer(cfg, setup_lib.build_model_config(cfg).vocab_size if cfg.model.hf_dir else None)
 
 
+def _why(error: ckpt.CheckpointError) -> str:
+    """orbax's error behind a checkpoint error (else the error itself), in one short line."""
+    e = error.__cause__ or error
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+
+
 def load_checkpoint(path: str, config: Any = None, lora_scale: float = 1.0) -> ModelPolicy:
     """The newest readable checkpoint of a training run (`PATH@STEP`: that step; an unreadable newer one is skipped
     with a one-line warning). Rebuilds tokenizer and model from the run's config
@@ -108,8 +114,7 @@ def load_checkpoint(path: str, config: Any = None, lora_scale: float = 1.0) -> M
     if "@" in path and path.rsplit("@", 1)[1].isdigit():  # checkpoint:WORKDIR@STEP picks a step (e.g. the SFT base)
         path, want = path.rsplit("@", 1)[0], int(path.rsplit("@", 1)[1])
     workdir, cdir = _checkpoint_dirs(path)
-    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
-    with ocp.CheckpointManager(cdir.resolve(), options=options, item_names=(ckpt.STATE, ckpt.META)) as manager:
+    with ckpt.read_only_manager(cdir) as manager:
         steps = sorted(manager.all_steps(), reverse=True)
         if not steps:
             raise PolicyError(f"checkpoint: no finished checkpoint in {cdir}")
@@ -131,20 +136,21 @@ def load_checkpoint(path: str, config: Any = None, lora_scale: float = 1.0) -> M
         abstract = nnx.eval_shape(lambda: model_lib.Transformer(model_cfg, rngs=nnx.Rngs(0)))
         graphdef, abs_params, _ = lora.split(abstract)
         target = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abs_params)}
-        # The newest checkpoint that reads (or the step asked for): a corrupt newest one is skipped with a warning.
-        for step in [want] if want is not None else steps:
-            where = f"checkpoint {cdir} step {step}"
-            try:
-                restored = manager.restore(step, args=ocp.args.Composite(**{ckpt.STATE: ocp.args.PyTreeRestore(
-                    target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True)}))
-                break
-            except Exception as e:  # orbax raises many types; one line names the checkpoint
-                why = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-                if want is not None or step == steps[-1]:
-                    raise PolicyError(f"{where}: cannot restore params for the model its config describes "
-                                      f"({why})") from e
-                print(f"warning: {where} is unreadable ({why}); trying the previous step", file=sys.stderr)
-    params = restored[ckpt.STATE]["params"]
+        # The newest checkpoint that reads (or the step asked for): a corrupt newer one is skipped with a warning.
+        # Only the params are read, whatever phase (and so optimizer structure) the step belongs to.
+        tried, errors = [want] if want is not None else steps, []
+
+        def skipped(step: int, error: ckpt.CheckpointError) -> None:
+            errors.append(error)
+            if step != tried[-1]:
+                print(f"warning: checkpoint {cdir} step {step} is unreadable ({_why(error)}); trying the previous "
+                      f"step", file=sys.stderr)
+
+        restored = ckpt.restore_newest(manager, lambda step: target, skipped, steps=tried, partial=True)
+    if restored is None:
+        raise PolicyError(f"checkpoint {cdir} step {tried[-1]}: cannot restore params for the model its config "
+                          f"describes ({_why(errors[-1])})") from errors[-1]
+    params = restored[1]["params"]
     if model_cfg.lora_rank:  # the checkpoint holds the adapters; the frozen base is the run's hf_dir (or its seed)
         _, _, frozen = lora.split(setup_lib.build_model(cfg, model_cfg))
         params = lora.full_state(lora.scale(params, lora_scale), frozen)

@@ -162,3 +162,27 @@ def test_meta_must_be_json(tmp_path):
     with pytest.raises(ValueError, match="keep and every"):
         checkpoint.make_manager(tmp_path, keep=0, every=1)
     manager.close()
+
+
+def test_partial_restore_reads_only_the_given_subtree(tmp_path):
+    """partial=True: the target names part of the saved state (params, not the optimizer state, whose structure
+    depends on the phase); restore_newest tries the steps it is given, in order."""
+    state = _train_state(0)
+    manager = checkpoint.make_manager(tmp_path, keep=3, every=1, async_save=False)
+    checkpoint.save(manager, 1, state, META)
+    checkpoint.save(manager, 2, {"params": state["params"], "other": jnp.zeros(5)}, {"step": 2})
+    manager.close()
+    with checkpoint.read_only_manager(tmp_path) as reader:
+        target = {"params": jax.eval_shape(lambda: _train_state(1)["params"])}
+        got, meta = checkpoint.restore(reader, target, 1, partial=True)
+        _assert_same(got, {"params": state["params"]})
+        assert meta == META
+        step, got, meta = checkpoint.restore_newest(reader, lambda s: target, steps=[1], partial=True)
+        assert step == 1 and meta == META
+        skipped = []
+        assert checkpoint.restore_newest(reader, lambda s: {"params": {"nope": jnp.zeros(2)}},
+                                         lambda s, e: skipped.append(s), partial=True) is None
+        assert skipped == [2, 1]
+        with pytest.raises(checkpoint.CheckpointError, match=r"step 1 .* holds no \[.params.\]\[.nope.\]"):
+            checkpoint.restore(reader, {"params": {"nope": jnp.zeros(2)}}, 1, partial=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["1", "2"]
