@@ -97,10 +97,10 @@ def test_non_finite_loss_stops_with_one_line_naming_the_step(cache, tmp_path):
 
 
 def test_copy_probe_on_the_finished_run(finished, tmp_path):
-    """launch/probe_copy.py scores a run's checkpoint on oracle demonstrations: every class is reported, tool-call
+    """experiments/probe_copy.py scores a run's checkpoint on oracle demonstrations: every class is reported, tool-call
     tokens are found, losses are non-negative; an impossible --n is one error line."""
     workdir, _ = finished
-    probe = [sys.executable, str(ROOT / "launch" / "probe_copy.py"), f"--checkpoint={workdir}@4", "--split=iid"]
+    probe = [sys.executable, str(ROOT / "experiments" / "probe_copy.py"), f"--checkpoint={workdir}@4", "--split=iid"]
     out = subprocess.run(probe + ["--n=22", f"--out={tmp_path / 'copy.json'}"], cwd=ROOT, capture_output=True,
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

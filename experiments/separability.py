@@ -8,8 +8,8 @@ about meaning, could be expected to get on each split. Prints each split's confu
 every user kind (malicious recall ~ malicious_refusal, sensitive recall ~ sensitive_verification, benign
 predicted malicious ~ over_refusal).
 
-    python -m sandbox.separability                       # 4096 train, 352 heldout, 352 iid (the default run's)
-    python -m sandbox.separability --n_train 22000
+    python experiments/separability.py                   # 4096 train, 352 heldout, 352 iid (the default run's)
+    python experiments/separability.py --n_train 22000
 """
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""Does a policy copy? Its per-token loss on scripted demonstrations, by the kind of token.
+"""Does a policy copy? Its per-token loss on scripted demonstrations, by the kind of token: the library of the two
+copy experiments, `experiments/probe_copy.py` (a checkpoint on scripted demonstrations) and
+`experiments/synthetic_copy.py` (a fresh model on synthetic copy rows), which import it as `copying`.
 
 An argument value such as an account id (`ACC-27291`) cannot be guessed: the policy must copy it from the request,
 digit by digit. `token_classes` labels each policy token of a demonstration by where it sits (inside a
@@ -6,7 +8,7 @@ digit by digit. `token_classes` labels each policy token of a demonstration by w
 anything else); `summarize` gives the count, mean and median negative log-likelihood of each class. A policy that
 copies has a low loss on continuing digits; ln 10 = 2.30 nats is a uniform guess among the ten digits.
 
-`copy_rows` makes synthetic copy data (`launch/synthetic_copy.py` trains on it), to ask whether a model can learn
+`copy_rows` makes synthetic copy data (`experiments/synthetic_copy.py` trains on it), to ask whether a model can learn
 to copy at all within a budget: a random sequence repeated right after itself can be copied by attending a fixed
 distance back, one repeated after random filler only by finding where the current token occurred before (an
 induction head).

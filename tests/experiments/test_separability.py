@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from sandbox import separability as sep
+from experiments import separability as sep
 
 
 def test_scores_match_hand_computation():

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from agent_rl.evals import copying
+from experiments import copying
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -77,9 +77,9 @@ def test_copy_rows_reject_bad_settings():
 
 def test_synthetic_copy_learns_the_fixed_distance_copy(tmp_path):
     """The micro model learns to copy a sequence repeated right after itself within 200 steps."""
-    cmd = [sys.executable, str(ROOT / "launch" / "synthetic_copy.py"), "--config", str(ROOT / "configs" / "micro.py"),
-           "--gap=none", "--steps=200", "--every=50", "--width=24", "--pool=8", "--batch=16", "--lr=1e-2",
-           f"--out={tmp_path / 'c.json'}"]
+    cmd = [sys.executable, str(ROOT / "experiments" / "synthetic_copy.py"),
+           "--config", str(ROOT / "configs" / "micro.py"), "--gap=none", "--steps=200", "--every=50", "--width=24",
+           "--pool=8", "--batch=16", "--lr=1e-2", f"--out={tmp_path / 'c.json'}"]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     curve = json.loads((tmp_path / "c.json").read_text())["curves"]["none"]

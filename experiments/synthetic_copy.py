@@ -1,10 +1,10 @@
 """Can the model of a config learn to copy within a budget? Train it from scratch on synthetic copy rows.
 
-  python launch/synthetic_copy.py --steps 600                     # configs/tiny.py's model, both tasks
-  python launch/synthetic_copy.py --config configs/tiny.py --gap random --steps 1500 --pool 50 --out copy.json
+  python experiments/synthetic_copy.py --steps 600                     # configs/tiny.py's model, both tasks
+  python experiments/synthetic_copy.py --config configs/tiny.py --gap random --steps 1500 --pool 50 --out copy.json
 
 Each task trains a fresh model (the config's model and seed, its SFT optimizer and learning rate unless --lr is
-given) with `agent_rl.train.sft_step` on rows from `agent_rl.evals.copying.copy_rows`: `none` (a random sequence
+given) with `agent_rl.steps.sft_step` on rows from `copy_rows` in `experiments/copying.py`: `none` (a random sequence
 repeated right after itself: a fixed distance back) and `random` (repeated after random filler: only an
 induction head copies it). It prints the loss on the repeated tokens every --every steps, next to ln(pool), a
 uniform guess; a model that copies drives the loss towards 0.
@@ -12,13 +12,12 @@ uniform guess; a model that copies drives the loss towards 0.
 import json
 import math
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
+
+from agent_rl import cli
 
 FLAGS = flags.FLAGS
 _CONFIG = config_flags.DEFINE_config_file(
@@ -40,21 +39,22 @@ def curve(cfg, gap: str, steps: int, batch: int, width: int, pool: int, lr: floa
     import numpy as np
     from flax import nnx
 
-    from agent_rl import train
-    from agent_rl.evals import copying
+    import copying  # experiments/copying.py, beside this script
+    from agent_rl import setup
+    from agent_rl import steps as steps_lib
 
     vocab = int(cfg.tokenizer.vocab_size)
     if not 0 < pool <= vocab:
         raise ValueError(f"--pool={pool} must be in [1, config.tokenizer.vocab_size={vocab}]")
-    model = train.build_model(cfg, train.build_model_config(cfg, vocab))
+    model = setup.build_model(cfg, setup.build_model_config(cfg, vocab))
     graphdef, params = nnx.split(model, nnx.Param)
-    tx = train.make_optimizer(lr, int(cfg.sft.warmup), steps, 0.0)
+    tx = steps_lib.make_optimizer(lr, int(cfg.sft.warmup), steps, 0.0)
     opt_state = tx.init(params)
     rng = np.random.default_rng(int(cfg.seed))
     out, block, t0 = [], [], time.time()
     for step in range(1, steps + 1):
         rows = map(jnp.asarray, copying.copy_rows(rng, batch, width, pool, gap))
-        params, opt_state, m = train.sft_step(graphdef, params, opt_state, *rows, tx=tx, microbatch=batch)
+        params, opt_state, m = steps_lib.sft_step(graphdef, params, opt_state, *rows, tx=tx, microbatch=batch)
         block.append(float(m["sft/loss"]))
         if step % every == 0 or step == steps:
             out.append({"step": step, "loss": float(np.mean(block)), "seconds": round(time.time() - t0, 1)})
@@ -68,7 +68,10 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     cfg = _CONFIG.value
     if cfg.model.hf_dir:
-        sys.exit("error: config.model.hf_dir is set: this trains the built-in model from scratch")
+        cli.fail("config.model.hf_dir is set: this trains the built-in model from scratch")
+    problem = cli.unwritable(FLAGS.out)
+    if problem:
+        cli.fail(f"--out={FLAGS.out}: {problem}")
     lr = FLAGS.lr or float(cfg.sft.lr)
     print(f"uniform guess ln({FLAGS.pool}) = {math.log(FLAGS.pool):.3f}; lr {lr:g}, batch {FLAGS.batch} x "
           f"{FLAGS.width} tokens")
@@ -76,7 +79,7 @@ def main(argv):
         curves = {g: curve(cfg, g, FLAGS.steps, FLAGS.batch, FLAGS.width, FLAGS.pool, lr, FLAGS.every)
                   for g in FLAGS.gap}
     except ValueError as e:
-        sys.exit(f"error: {e}")
+        cli.fail(str(e))
     if FLAGS.out:
         with open(FLAGS.out, "w") as f:
             json.dump({"pool": FLAGS.pool, "lr": lr, "batch": FLAGS.batch, "width": FLAGS.width, "curves": curves},
@@ -84,4 +87,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)
