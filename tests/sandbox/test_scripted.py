@@ -112,10 +112,3 @@ def test_scripted_turns_follow_the_protocol(world):
             assert all(t["call_valid"][: t["n_calls"]]), (s.id, p, st)
             assert t["n_calls"] + t["n_checks"] <= 1 and (t["n_calls"] + t["n_checks"] == 1 or t["has_text"])
 
-
-def test_preview_segments_split_policy_and_env_runs():
-    from sandbox import preview
-
-    toks = np.array([5, 6, 7, 8, 0, 0])
-    mask = np.array([1, 1, 0, 1, 0, 0], bool)
-    assert preview.segments(toks, mask, pad_id=0) == [("policy", [5, 6]), ("env", [7]), ("policy", [8])]

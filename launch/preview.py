@@ -1,6 +1,6 @@
 """Print a few scripted episodes as text: every turn decoded, policy and env turns marked, rewards and decisions.
 
-    python -m sandbox.preview --split heldout --n 3 --seed 0 [--policy oracle] [--tokenizer builtin|byte]
+    python launch/preview.py --split heldout --n 3 --seed 0 [--policy oracle] [--tokenizer builtin|byte]
 
 The episodes run through the jitted env exactly as in training (token by token, scripted tokens in place of
 sampled ones), so what is printed is what a model would see and write.
@@ -12,6 +12,7 @@ import argparse
 import jax
 import numpy as np
 
+from agent_rl import tokenizer as tk
 from sandbox import compile as C
 from sandbox import env, generate, rewards, scripted
 from sandbox import types as T
@@ -24,8 +25,6 @@ SHAPES = {  # byte tokens are ~4x as many as built-in tokens
 
 
 def load_tokenizer(name: str):
-    from agent_rl import tokenizer as tk
-
     if name == "byte":
         return tk.ByteTokenizer()
     if name == "builtin":
@@ -67,7 +66,8 @@ def main(argv=None):
 
     @jax.jit
     def run(keys, sc):
-        s, toks, mask = jax.vmap(lambda k, c: scripted.rollout(k, c, vocab, policy, params, params.max_tokens))(keys, sc)
+        episode = lambda k, c: scripted.rollout(k, c, vocab, policy, params, params.max_tokens)  # noqa: E731
+        s, toks, mask = jax.vmap(episode)(keys, sc)
         o = jax.vmap(env.outcome)(s, sc)
         total, comps = rewards.shaped_reward(o, sc)
         return o, toks, mask, rewards.paper_reward(o, sc), total, comps
