@@ -1,8 +1,8 @@
 """KV-cached greedy decoding speed: agent_rl's jitted generate vs transformers' generate (PyTorch), same weights.
 
 Both sides decode the same left-padded batch greedily with a KV cache and produce exactly max_new_tokens tokens
-(ours: no EOS; transformers: min_new_tokens). Ours is timed warm (compilation excluded); each side reports the
-best of --repeats runs. The tokens of the two sides are compared as a correctness check.
+(ours: no EOS; transformers: min_new_tokens). Ours is timed warm (compilation excluded), theirs after a warm-up
+run; each side reports the best of --repeats runs. The tokens of the two sides are compared as a correctness check.
 
 Weights: random (`--preset`), or a local Hugging Face Qwen2 / Llama directory (`--hf_dir`) loaded by both sides
 (ours: `agent_rl.hf.from_pretrained`, theirs: `AutoModelForCausalLM.from_pretrained`). The prompts are random token
@@ -13,43 +13,27 @@ ids either way.
   python bench/decode.py --hf_dir=models/smollm2-135m-instruct --batch=64
 """
 import os
-import sys
 import tempfile
-import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from agent_rl import hf  # noqa: E402
-from agent_rl import model as model_lib  # noqa: E402
-from agent_rl import sampling  # noqa: E402
+import common  # bench/common.py, beside this script
+from agent_rl import hf
+from agent_rl import model as model_lib
+from agent_rl import sampling
 
 flags.DEFINE_string("preset", "tiny", f"model shape: one of {sorted(model_lib.PRESETS)} (random weights)")
-flags.DEFINE_integer("vocab", 4096, "vocabulary size (tiny preset only)")
-flags.DEFINE_string("hf_dir", "", "Hugging Face model directory loaded by both sides (overrides --preset)")
-flags.DEFINE_integer("batch", 8, "rows decoded in lockstep")
+common.define_comparison_flags(hf_dir="Hugging Face model directory loaded by both sides (overrides --preset)",
+                               vocab="vocabulary size (tiny preset only)", batch="rows decoded in lockstep")
 flags.DEFINE_integer("prompt_len", 64, "padded prompt length")
 flags.DEFINE_integer("max_pad", 16, "rows get 0..max_pad tokens of left padding")
 flags.DEFINE_integer("new_tokens", 128, "tokens generated per row")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute and parameter dtype on both sides")
-flags.DEFINE_integer("repeats", 3, "timed runs per side (best is reported)")
 flags.DEFINE_bool("hf", True, "also run transformers for comparison")
 FLAGS = flags.FLAGS
-
-
-def timed(fn, repeats):
-  fn()  # warm-up (compilation for jax, allocator / kernels for torch)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return min(times)
 
 
 def main(_):
@@ -78,10 +62,8 @@ def main(_):
     out, _ = sampling.generate(model, jt, jv, key, n, eos_id=-1, temperature=0.0)
     return np.asarray(jax.block_until_ready(out))
 
-  start = time.perf_counter()
-  ours_tokens = ours()
-  print(f"agent_rl  compile + first run {time.perf_counter() - start:.2f}s on {jax.devices()[0].platform}")
-  t_ours = timed(ours, FLAGS.repeats)
+  first, t_ours, (ours_tokens, *_) = common.first_and_best(ours, FLAGS.repeats)
+  print(f"agent_rl  compile + first run {first:.2f}s on {jax.devices()[0].platform}")
   print(f"agent_rl  (jax, jitted lax loop, KV cache): {b * n / t_ours:10.1f} tokens/s  ({t_ours:.3f}s per batch)")
   if not FLAGS.hf:
     return
@@ -102,8 +84,7 @@ def main(_):
       return ref.generate(input_ids=tt, attention_mask=tv, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                           use_cache=True, pad_token_id=0)[:, p:].numpy()
 
-  hf_tokens = theirs()
-  t_hf = timed(theirs, FLAGS.repeats)
+  _, t_hf, (hf_tokens, *_) = common.first_and_best(theirs, FLAGS.repeats)  # the first call warms torch up
   print(f"transformers {transformers.__version__} (torch {torch.__version__} CPU, {torch.get_num_threads()} threads, "
         f"{ref.config._attn_implementation} attention): {b * n / t_hf:10.1f} tokens/s  ({t_hf:.3f}s per batch)")
   print(f"speed-up agent_rl / transformers: {t_hf / t_ours:.2f}x")

@@ -43,29 +43,25 @@ Times are the best of `--repeats` warm runs, each from the prompts to the last e
   python bench/rollout.py --hf_dir=models/smollm2-135m-instruct --batch=64 --repeats=1
 """
 import os
-import sys
-import time
 from functools import partial
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-from flax import nnx  # noqa: E402
-
-from agent_rl import hf  # noqa: E402
-from agent_rl import model as model_lib  # noqa: E402
-from agent_rl import rollout, sampling  # noqa: E402
-from agent_rl import tokenizer as tok_lib  # noqa: E402
-from agent_rl import train  # noqa: E402
-from configs import tiny  # noqa: E402
-from sandbox import compile as compile_lib  # noqa: E402
-from sandbox import env as env_lib  # noqa: E402
-from sandbox import generate, protocol, reference, scripted  # noqa: E402
-from sandbox import types as T  # noqa: E402
-from sandbox.catalogue import CATALOGUE  # noqa: E402
+import common  # bench/common.py, beside this script
+from agent_rl import hf
+from agent_rl import model as model_lib
+from agent_rl import rollout, sampling, setup
+from agent_rl import tokenizer as tok_lib
+from configs import tiny
+from sandbox import compile as compile_lib
+from sandbox import env as env_lib
+from sandbox import generate, protocol, reference, scripted
+from sandbox import types as T
+from sandbox.catalogue import CATALOGUE
 
 flags.DEFINE_integer("batch", 64, "episodes run in lockstep")
 flags.DEFINE_integer("n_scenarios", 64, "train scenarios; each appears batch / n_scenarios times in the batch")
@@ -328,7 +324,7 @@ def main(_):
     else:
         tokenizer = tok_lib.builtin_tokenizer(FLAGS.cache_dir, vocab_size=cfg.tokenizer.vocab_size,
                                               seed=cfg.data.seed)
-        model_cfg = train.build_model_config(cfg, tokenizer.vocab_size)
+        model_cfg = setup.build_model_config(cfg, tokenizer.vocab_size)
         model, name = model_lib.Transformer(model_cfg, rngs=nnx.Rngs(FLAGS.seed)), "tiny config (random)"
     shapes = T.Shapes(**dict(cfg.shapes))
     env_params = T.EnvParams(**dict(cfg.env))
@@ -353,10 +349,7 @@ def main(_):
         return jax.block_until_ready(jit_rollout(graphdef, params, scenario, vocab, key, env_params, policy_id,
                                                  temperature, max_new_tokens=n_new))
 
-    t0 = time.perf_counter()
-    jit_out = run_jit()
-    jit_warm = time.perf_counter() - t0
-    jit_best = min(timed(run_jit) for _ in range(FLAGS.repeats))
+    jit_warm, jit_best, (jit_out, *_) = common.first_and_best(run_jit, FLAGS.repeats)
     jit_tokens, jit_valid, jit_n = (np.asarray(x) for x in jit_out)
     print(f"jitted rollout done: compile+first run {jit_warm:.1f} s, best run {jit_best:.2f} s", flush=True)
 
@@ -379,10 +372,7 @@ def main(_):
 
     _, used = run_host(p + (env_params.max_turns + 1) * (env_params.max_turn_tokens + n_new), dry=True)
     max_len = -(-used // CHUNK) * CHUNK  # the slots the loop needs, as few as it can have
-    t0 = time.perf_counter()
-    episodes, _ = run_host(max_len)
-    host_warm = time.perf_counter() - t0
-    host_best = min(timed(lambda: run_host(max_len)) for _ in range(FLAGS.repeats))
+    host_warm, host_best, ((episodes, _), *_) = common.first_and_best(lambda: run_host(max_len), FLAGS.repeats)
     print(f"host-loop rollout done: compile+first run {host_warm:.1f} s, best run {host_best:.2f} s, "
           f"KV cache {max_len} slots (jitted: {p + n_new})", flush=True)
 
@@ -397,12 +387,6 @@ def main(_):
     print(f"jitted rollout    : {jit_rate:10,.0f} tokens/s  [{n_tok} tokens in {jit_best:.2f} s]")
     print(f"host-loop rollout : {host_rate:10,.0f} tokens/s  [{int(host_n.sum())} tokens in {host_best:.2f} s]")
     print(f"ratio (jitted / host loop): {jit_rate / host_rate:.2f}x")
-
-
-def timed(fn):
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 if __name__ == "__main__":

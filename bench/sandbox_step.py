@@ -14,21 +14,18 @@ done), live steps/s of the Python side, and their ratio.
   python bench/sandbox_step.py                       # batch 1024, built-in tokenizer
   python bench/sandbox_step.py --tokenizer=byte --batch=256
 """
-import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
-
-from sandbox import compile as C  # noqa: E402
-from sandbox import env, generate, reference, scripted  # noqa: E402
-from sandbox import types as T  # noqa: E402
-from sandbox.catalogue import CATALOGUE  # noqa: E402
+import common  # bench/common.py, beside this script
+from sandbox import compile as C
+from sandbox import env, generate, reference, scripted
+from sandbox import types as T
+from sandbox.catalogue import CATALOGUE
 
 flags.DEFINE_integer("batch", 1024, "episodes stepped in lockstep (vmapped)")
 flags.DEFINE_enum("tokenizer", "builtin", ["builtin", "byte"], "tokenizer the scenarios are compiled with")
@@ -134,15 +131,8 @@ def main(_):
     n_tok, _ = make(params.max_tokens)(keys, sc)  # episode lengths, to scan only as long as the longest
     n_steps = int(np.max(n_tok)) + 1
     run = make(n_steps)
-    t0 = time.perf_counter()
-    jax.block_until_ready(run(keys, sc))
-    compile_s = time.perf_counter() - t0
-    best = float("inf")
-    for _ in range(FLAGS.repeats):
-        t0 = time.perf_counter()
-        n_tok, done = jax.block_until_ready(run(keys, sc))
-        best = min(best, time.perf_counter() - t0)
-    n_tok, done = np.asarray(n_tok), np.asarray(done)
+    compile_s, best, results = common.first_and_best(lambda: jax.block_until_ready(run(keys, sc)), FLAGS.repeats)
+    n_tok, done = (np.asarray(x) for x in results[-1])
 
     # Python side: the same episodes, the same check answers.
     answers = np.asarray(jax.vmap(lambda k: jax.vmap(lambda j: jax.random.bernoulli(

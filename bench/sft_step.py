@@ -1,4 +1,4 @@
-"""SFT step speed: agent_rl's jitted `train.sft_step` vs a transformers + PyTorch training step, same weights and batch.
+"""SFT step speed: agent_rl's jitted `steps.sft_step` vs a transformers + PyTorch training step, same weights and batch.
 
 One step is forward + backward + global-norm clipping (1.0) + AdamW update, on both sides with the same learning rate
 and weight decay. The batch is random tokens int32[batch, seq] (no padding); the loss is the mean token
@@ -29,34 +29,28 @@ as well.
 import os
 import sys
 import tempfile
-import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from absl import app, flags
+from flax import nnx
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-import optax  # noqa: E402
-from absl import app, flags  # noqa: E402
-from flax import nnx  # noqa: E402
+import common  # bench/common.py, beside this script
+from agent_rl import hf, lora, steps
+from agent_rl.model import LORA_TARGETS
 
-from agent_rl import hf  # noqa: E402
-from agent_rl import lora  # noqa: E402
-from agent_rl import train  # noqa: E402
-from agent_rl.model import LORA_TARGETS  # noqa: E402
-
-flags.DEFINE_string("hf_dir", "", "Hugging Face model directory loaded by both sides (empty: a random tiny Llama)")
-flags.DEFINE_integer("vocab", 4096, "vocabulary size of the random tiny Llama (no --hf_dir only)")
-flags.DEFINE_integer("batch", 8, "rows per step")
+common.define_comparison_flags(
+    hf_dir="Hugging Face model directory loaded by both sides (empty: a random tiny Llama)",
+    vocab="vocabulary size of the random tiny Llama (no --hf_dir only)", batch="rows per step")
 flags.DEFINE_integer("seq", 256, "tokens per row")
 flags.DEFINE_integer("microbatch", 0, "rows per forward/backward pass, gradients accumulated (0: the whole batch)")
 flags.DEFINE_enum("loss_on", "all", ["all", "last_half"], "tokens the loss is on")
-flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "compute and parameter dtype on both sides")
 flags.DEFINE_integer("lora_rank", 0, "0: full fine-tuning; > 0: train LoRA adapters of this rank, base frozen")
 flags.DEFINE_float("lora_alpha", 32.0, "LoRA scale numerator (the adapter adds alpha / rank * B A x)")
 flags.DEFINE_float("lr", 5e-4, "AdamW learning rate (constant, both sides)")
 flags.DEFINE_float("weight_decay", 0.0, "AdamW decoupled weight decay (both sides)")
-flags.DEFINE_integer("repeats", 3, "timed steps per side after the first (best is reported)")
 flags.DEFINE_integer("threads", os.cpu_count(), "torch.set_num_threads")
 flags.DEFINE_integer("seed", 0, "random model, adapters and batch")
 FLAGS = flags.FLAGS
@@ -157,20 +151,13 @@ def main(_):
 
   def ours():
     nonlocal params, opt_state
-    params, opt_state, m = train.sft_step(graphdef, params, opt_state, jt, jv, jm, frozen, tx=tx,
+    params, opt_state, m = steps.sft_step(graphdef, params, opt_state, jt, jv, jm, frozen, tx=tx,
                                           microbatch=microbatch)
     jax.block_until_ready((params, opt_state, m))
     return float(m["sft/loss"])
 
-  start = time.perf_counter()
-  ours_loss = [ours()]
-  print(f"agent_rl  compile + first step {time.perf_counter() - start:.2f}s on {jax.devices()[0].platform}",
-        flush=True)
-  t_ours = []
-  for _ in range(max(FLAGS.repeats, 1)):
-    start = time.perf_counter()
-    ours_loss.append(ours())
-    t_ours.append(time.perf_counter() - start)
+  first, t_ours, ours_loss = common.first_and_best(ours, FLAGS.repeats)
+  print(f"agent_rl  compile + first step {first:.2f}s on {jax.devices()[0].platform}", flush=True)
   del params, opt_state
 
   # Theirs.
@@ -190,16 +177,9 @@ def main(_):
     opt.step()
     return loss
 
-  start = time.perf_counter()
-  hf_loss = [theirs()]
-  print(f"transformers first step {time.perf_counter() - start:.2f}s", flush=True)
-  t_hf = []
-  for _ in range(max(FLAGS.repeats, 1)):
-    start = time.perf_counter()
-    hf_loss.append(theirs())
-    t_hf.append(time.perf_counter() - start)
+  first, t_hf, hf_loss = common.first_and_best(theirs, FLAGS.repeats)
+  print(f"transformers first step {first:.2f}s", flush=True)
 
-  t_ours, t_hf = min(t_ours), min(t_hf)
   ours_side = f"agent_rl (jax {jax.__version__} {jax.devices()[0].platform}, jit)"
   hf_side = (f"transformers {transformers.__version__} (torch {torch.__version__}, {torch.get_num_threads()} threads, "
              f"{ref.config._attn_implementation} attention)")

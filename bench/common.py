@@ -1,0 +1,35 @@
+"""What the bench/ scripts share: timing one side (its first call apart, then the best of the repeats), and the
+flags of the benchmarks that run the same weights through agent_rl and transformers (decode.py, sft_step.py).
+
+The scripts import it as `common` (it sits beside them: `python bench/X.py` puts bench/ on the path).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from absl import flags
+
+DTYPES = ["float32", "bfloat16"]
+
+
+def first_and_best(fn: Callable[[], Any], repeats: int) -> tuple[float, float, list]:
+    """Call `fn` once (compilation or warm-up, timed apart), then `repeats` more times (at least once).
+
+    Returns (seconds of the first call, seconds of the fastest later call, every call's result in order)."""
+    times, results = [], []
+    for _ in range(1 + max(repeats, 1)):
+        start = time.perf_counter()
+        results.append(fn())
+        times.append(time.perf_counter() - start)
+    return times[0], min(times[1:]), results
+
+
+def define_comparison_flags(*, hf_dir: str, vocab: str, batch: str) -> None:
+    """--hf_dir, --vocab, --batch (with these help texts), --dtype and --repeats: the weights, batch, dtype and
+    timing of a benchmark whose two sides (agent_rl, transformers) load the same weights."""
+    flags.DEFINE_string("hf_dir", "", hf_dir)
+    flags.DEFINE_integer("vocab", 4096, vocab)
+    flags.DEFINE_integer("batch", 8, batch)
+    flags.DEFINE_enum("dtype", "float32", DTYPES, "compute and parameter dtype on both sides")
+    flags.DEFINE_integer("repeats", 3, "timed runs per side after the first (the best is reported)")
