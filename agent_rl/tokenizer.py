@@ -121,27 +121,11 @@ class ByteTokenizer:
 
 _SPACE = "\u2581"  # sentencepiece's whitespace symbol; a literal one in the text is encoded as its three bytes
 
-# Atoms (an option of the built-in tokenizer): a protocol symbol, a run of letters and '_', one digit, or a run of
-# other characters (spaces and punctuation; '<' alone so that it never swallows a symbol's start). Pieces are learned
-# inside atoms and never cross them, so a word or identifier is spelled by the same pieces wherever it appears:
-# `nursery` in the user's prompt and in `{"room": "nursery"}`, `bank_add_payee` in the tool list, a call and a check.
-# A model can then copy an argument value or a tool name token by token, including ones it never saw in training.
-_ATOM_RE = re.compile(_SYMBOL_RE.pattern + r"|[^\W\d]+|\d|[^\w<]+|<")  # symbols first, longest first
-_DELIMITER = "\x1f"  # marks atom boundaries in the training corpus (sentencepiece's pretokenization_delimiter)
-
-
-def split_atoms(text: str) -> list[str]:
-    """`text` split into atoms; `"".join(split_atoms(text)) == text`."""
-    return _ATOM_RE.findall(text)
-
-
-def sentencepiece_settings(vocab_size: int, model_type: str = "bpe", max_sentence_length: int = 1 << 16,
-                           atoms: bool = False) -> dict:
+def sentencepiece_settings(vocab_size: int, model_type: str = "bpe", max_sentence_length: int = 1 << 16) -> dict:
     """Trainer settings of the built-in model: byte fallback, no normalization, protocol symbols as single pieces.
 
     No dummy prefix, no whitespace folding and the identity normalizer make encoding exact: the bytes of
     `encode(text)` are the bytes of `text`. One thread, no shuffling and no sampling make training deterministic.
-    atoms: learn pieces inside atoms only (`split_atoms`; the corpus then comes delimited by `_DELIMITER`).
     """
     if model_type not in ("bpe", "unigram"):
         raise ValueError(f"sentencepiece model_type must be 'bpe' or 'unigram', got {model_type!r}")
@@ -151,7 +135,6 @@ def sentencepiece_settings(vocab_size: int, model_type: str = "bpe", max_sentenc
         remove_extra_whitespaces=False, allow_whitespace_only_pieces=True, split_digits=True,
         # Keep snake_case tool names and argument keys whole: '_' must not split pieces, and names run long.
         split_by_unicode_script=False, max_sentencepiece_length=24,
-        **({"pretokenization_delimiter": _DELIMITER} if atoms else {}),
         character_coverage=0.9999, max_sentence_length=max_sentence_length,
         unk_id=0, pad_id=1, bos_id=-1, eos_id=-1, unk_surface="",
         num_threads=1, input_sentence_size=0, shuffle_input_sentence=False, minloglevel=2,
@@ -179,6 +162,9 @@ class SentencePieceTokenizer:
         missing = [s for s in SYMBOLS if s not in user_defined]
         if missing:
             problems.append(f"protocol symbols {missing} are not user-defined pieces")
+        if spec.trainer_spec.pretokenization_delimiter:
+            problems.append("it was trained on a delimited corpus (pretokenization_delimiter): encode would not "
+                            "split text as its training did")
         if problems:
             raise ValueError(f"SentencePiece model {name}: " + "; ".join(problems))
         self.vocab_size = sp.get_piece_size()
@@ -186,7 +172,6 @@ class SentencePieceTokenizer:
         self.symbol_ids = {s: (sp.piece_to_id(s),) for s in SYMBOLS}
         self.eos_id = self.symbol_ids[protocol.IM_END][0]
         self._space_ids = [sp.piece_to_id(f"<0x{b:02X}>") for b in _SPACE.encode()]
-        self.by_atom = bool(spec.trainer_spec.pretokenization_delimiter)  # pieces were learned inside atoms
         pieces = []
         for i in range(self.vocab_size):
             piece = sp.id_to_piece(i)
@@ -211,9 +196,7 @@ class SentencePieceTokenizer:
         for k, part in enumerate(text.split(_SPACE)):
             if k:
                 ids.extend(self._space_ids)
-            if part and self.by_atom:
-                ids.extend(i for ids_ in self.sp.encode(split_atoms(part)) for i in ids_)
-            elif part:
+            if part:
                 ids.extend(self.sp.encode(part))
         return ids
 
@@ -236,7 +219,7 @@ def default_cache_dir():
 
 
 def train_sentencepiece(texts: Iterable[str], cache_dir, vocab_size: int = 4096, model_type: str = "bpe",
-                        seed: int = 0, atoms: bool = False) -> SentencePieceTokenizer:
+                        seed: int = 0) -> SentencePieceTokenizer:
     """Train (or load from cache) a SentencePiece model on `texts`.
 
     The model is cached as `cache_dir/sentencepiece-<sha256 of settings and corpus>.model`; the same settings and
@@ -245,10 +228,8 @@ def train_sentencepiece(texts: Iterable[str], cache_dir, vocab_size: int = 4096,
     texts = list(texts)
     if not texts:
         raise ValueError("train_sentencepiece: empty corpus")
-    if atoms:
-        texts = [_DELIMITER.join(split_atoms(t)) for t in texts]
-    settings = sentencepiece_settings(vocab_size, model_type, max(len(t.encode()) for t in texts) + 1, atoms)
-    key = {**settings, "seed": seed, **({"atoms": _ATOM_RE.pattern} if atoms else {})}
+    settings = sentencepiece_settings(vocab_size, model_type, max(len(t.encode()) for t in texts) + 1)
+    key = {**settings, "seed": seed}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode())
     for t in texts:
         digest.update(t.encode())
@@ -271,18 +252,16 @@ def train_sentencepiece(texts: Iterable[str], cache_dir, vocab_size: int = 4096,
 
 
 def builtin_tokenizer(cache_dir=None, vocab_size: int = 4096, seed: int = 0, num_scenarios: int = 20_000,
-                      model_type: str = "bpe", atoms: bool = False) -> SentencePieceTokenizer:
+                      model_type: str = "bpe") -> SentencePieceTokenizer:
     """The built-in tokenizer: SentencePiece trained on `sandbox.generate.corpus(seed, num_scenarios)` (train split
     only), cached under `cache_dir` (default `default_cache_dir()`). Trains in seconds.
 
-    atoms=False lets pieces span punctuation: `{"name":` or ` "nursery` is one piece, so a value is spelled
-    differently in a prompt and in a call. atoms=True keeps pieces inside `split_atoms`, so values and tool names are
-    the same pieces everywhere and can be copied token by token, unseen ones included, at about 1.6x the tokens
-    on the scenario corpus."""
+    Pieces may span punctuation: `{"name":` or ` "nursery` is one piece, so a value can be spelled differently in a
+    prompt and in a call (docs/experiments.md has the tried alternative of pieces kept inside words)."""
     from sandbox import generate
 
     return train_sentencepiece(generate.corpus(seed, num_scenarios), cache_dir or default_cache_dir(), vocab_size,
-                               model_type, seed, atoms)
+                               model_type, seed)
 
 
 # --- Hugging Face tokenizers (byte-level BPE) ---------------------------------------------------------------------

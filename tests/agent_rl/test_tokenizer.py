@@ -149,45 +149,16 @@ def test_sentencepiece_round_trip(sp_tok, text):
     assert tok_lib.ids_to_bytes(table, lengths, ids) == text.encode()
 
 
-@pytest.fixture(scope="session")
-def sp_atoms(tmp_path_factory):
-    return tok_lib.train_sentencepiece(small_corpus(), tmp_path_factory.mktemp("sp_atoms"), vocab_size=512, atoms=True)
+def test_sentencepiece_rejects_a_model_trained_on_a_delimited_corpus():
+    """Encoding would have to split text as the delimited training corpus was split; this tokenizer does not."""
+    import io
+    import sentencepiece as spm
 
-
-def test_atoms():
-    assert tok_lib.split_atoms('Use bank_pay_bill on "ACC-41" now<|im_end|>x<y') == [
-        "Use", " ", "bank_pay_bill", " ", "on", ' "', "ACC", "-", "4", "1", '" ', "now", "<|im_end|>", "x", "<", "y"]
-
-
-@settings(max_examples=300, deadline=None)
-@given(texts)
-def test_sentencepiece_pieces_stay_inside_atoms(sp_atoms, text):
-    assert "".join(tok_lib.split_atoms(text)) == text
-    ids = sp_atoms.encode(text)
-    assert sp_atoms.decode(ids) == text
-    if "\u2581" not in text:  # a literal U+2581 is spelled in byte pieces, wherever it falls
-        assert ids == [i for a in tok_lib.split_atoms(text) for i in sp_atoms.encode(a)]
-
-
-@settings(max_examples=200, deadline=None)
-@given(word=st.from_regex(r"[A-Za-z_]{1,12}|[0-9]{1,6}", fullmatch=True),
-       before=st.sampled_from([" ", '"', ": ", "(", "=", "\n", "<tool_check>"]),
-       after=st.sampled_from([" ", '"', '"}}', ".", ",", ")", "</tool_check>"]))
-def test_sentencepiece_atoms_spell_a_word_the_same_in_any_context(sp_atoms, word, before, after):
-    """What makes copying learnable: an argument value or tool name is the same pieces in a prompt and in a call."""
-    alone = sp_atoms.encode(word)
-    ids = sp_atoms.encode(before + word + after)
-    assert any(ids[k:k + len(alone)] == alone for k in range(len(ids)))
-
-
-def test_sentencepiece_without_atoms_spells_values_by_context(sp_tok, sp_atoms):
-    """The default model merges across punctuation, which the atoms option exists to prevent."""
-    assert not sp_tok.by_atom and sp_atoms.by_atom
-    texts = [t for t in small_corpus() if '"arguments"' in t][:20]
-    quoted_words = lambda tok: [p for t in texts for p in (tok.decode([i]) for i in tok.encode(t))  # noqa: E731
-                                if '"' in p and any(c.isalnum() for c in p)]
-    assert quoted_words(sp_tok)  # e.g. ' "name' or '{"name":'
-    assert not quoted_words(sp_atoms)
+    buf = io.BytesIO()
+    settings = {**tok_lib.sentencepiece_settings(400), "pretokenization_delimiter": "\x1f"}
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(small_corpus()), model_writer=buf, **settings)
+    with pytest.raises(ValueError, match="delimited corpus"):
+        tok_lib.SentencePieceTokenizer(buf.getvalue())
 
 
 @settings(max_examples=300, deadline=None)
