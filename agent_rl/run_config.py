@@ -67,7 +67,7 @@ def validate(cfg) -> None:
     for k in ("prompt", "seg", "script"):
         at_least(f"shapes.{k}", 1)
     one_of("tokenizer.kind", ("builtin", "hf", "byte"))
-    hf_dir, gguf = cfg.model.hf_dir, cfg.model.get("gguf", "")
+    hf_dir, gguf = cfg.model.hf_dir, cfg.model.gguf
     if cfg.tokenizer.kind == "hf":
         path = cfg.tokenizer.path or hf_dir
         need("tokenizer.path", bool(path), "tokenizer.kind='hf' needs tokenizer.path or model.hf_dir")
