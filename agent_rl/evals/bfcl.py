@@ -32,7 +32,7 @@ import pathlib
 import re
 from typing import Iterable, Mapping, NamedTuple, Sequence
 
-from agent_rl.evals import common
+from agent_rl.evals import common, policies
 from sandbox import protocol
 
 DATA_SUBDIR = pathlib.Path("berkeley-function-call-leaderboard/bfcl_eval/data")
@@ -333,6 +333,23 @@ def _convert(conv, text: str, fallback: str):
         return fallback
 
 
+# The number types of BFCL's Java and JavaScript converters: type -> (the pattern a literal must match, its conversion,
+# how many suffix characters (`5L`, `2.5f`, `7n`) are dropped before converting).
+_INT, _DECIMAL = r"^-?\d+$", r"^-?\d+(\.\d+)?([eE][+-]?\d+)?"
+JAVA_LITERALS = {"byte": (_INT, int, 0), "short": (_INT, int, 0), "integer": (_INT, int, 0),
+                 "long": (r"^-?\d+[lL]$", int, 1), "float": (_DECIMAL + "[fF]$", float, 1),
+                 "double": (_DECIMAL + "$", float, 0)}
+JS_LITERALS = {"integer": (_INT, int, 0), "float": (r"^-?\d+(\.\d+)?$", float, 0), "Bigint": (r"^-?\d+n$", int, 1)}
+
+
+def _literal(value: str, pattern: str, conv, suffix: int):
+    """A typed number literal: conv(value without its `suffix` last characters) if value matches `pattern` (and
+    converts), else value itself, as BFCL's converters leave what they cannot read."""
+    if not re.match(pattern, value):
+        return value
+    return _convert(conv, value[:len(value) - suffix], value)
+
+
 def _untyped(s: str):
     """What BFCL's `parse_java_value` and `parse_js_value` share: true / false, else an int, else a float, else s."""
     if s in ("true", "false"):
@@ -369,14 +386,8 @@ def _java_elements(strings: Iterable[str], nested: str | None) -> list:
 
 def java_convert(value: str, java_type: str, nested: str | None = None):
     """BFCL `java_type_converter`: a Java source string -> Python value; unparsable values stay strings."""
-    if java_type in ("byte", "short", "integer"):
-        return _convert(int, value, value) if re.match(r"^-?\d+$", value) else value
-    if java_type == "float":
-        return _convert(float, value[:-1], value) if re.match(r"^-?\d+(\.\d+)?([eE][+-]?\d+)?[fF]$", value) else value
-    if java_type == "double":
-        return _convert(float, value, value) if re.match(r"^-?\d+(\.\d+)?([eE][+-]?\d+)?$", value) else value
-    if java_type == "long":
-        return _convert(int, value[:-1], value) if re.match(r"^-?\d+[lL]$", value) else value
+    if java_type in JAVA_LITERALS:
+        return _literal(value, *JAVA_LITERALS[java_type])
     if java_type == "boolean":
         return value == "true" if value in ("true", "false") else value
     if java_type in ("char", "String", "any"):
@@ -422,12 +433,8 @@ def js_convert(value: str, js_type: str, nested: str | None = None):
     if js_type == "String":
         quoted = (value.startswith('"') and value.endswith('"')) or (value.startswith("'") and value.endswith("'"))
         return value[1:-1] if quoted else value
-    if js_type == "integer":
-        return _convert(int, value, value) if re.match(r"^-?\d+$", value) else value
-    if js_type == "float":
-        return _convert(float, value, value) if re.match(r"^-?\d+(\.\d+)?$", value) else value
-    if js_type == "Bigint":
-        return _convert(int, value[:-1], value) if re.match(r"^-?\d+n$", value) else value
+    if js_type in JS_LITERALS:
+        return _literal(value, *JS_LITERALS[js_type])
     if js_type == "Boolean":
         return value == "true" if value in ("true", "false") else value
     if js_type == "any":
@@ -885,3 +892,28 @@ def ground_truth_output(case: Case, underscore_names: bool = False) -> str:
 def ground_truth_outputs(cases: Mapping[str, Sequence[Case]], underscore_names: bool = False) -> dict[str, str]:
     """`ground_truth_output` for every case, by id."""
     return {c.id: ground_truth_output(c, underscore_names) for cs in cases.values() for c in cs}
+
+
+def run(policy_spec: str, args: common.RunArgs) -> tuple[dict, list]:
+    """Suite entry: BFCL single-turn AST accuracy. `args.split`: comma-separated categories ("" = all); details =
+    failing cases `{id, category, error_type, message, output}`. Scripted behaviours: oracle = the ground-truth
+    calls; always_refuse = a refusal; always_execute / always_check are not defined for BFCL."""
+    folder = common.resolve_data_dir(args.data_dir, "bfcl")
+    categories = [c.strip() for c in args.split.split(",")] if args.split else None
+    cases = load_cases(folder, categories)
+    if args.limit > 0:
+        cases = {cat: cs[:args.limit] for cat, cs in cases.items()}
+    truth = ground_truth_outputs(cases)
+
+    def scripted(behaviour: str, query: policies.Query) -> str:
+        if behaviour == "oracle":
+            return truth[query.id]
+        if behaviour == "always_refuse":
+            return policies.refusal_turn()
+        raise ValueError(f"bfcl: scripted behaviour {behaviour!r} is not defined (use oracle or always_refuse)")
+
+    policies.register_scripted("bfcl", scripted)
+    policy = policies.make_policy(policy_spec, "bfcl", args.config, args.lora_scale)
+    flat = [c for cs in cases.values() for c in cs]
+    outputs = policy([policies.Query(c.id, render_prompt(c), c) for c in flat])
+    return score(dict(zip((c.id for c in flat), outputs)), cases)
