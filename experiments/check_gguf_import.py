@@ -10,13 +10,13 @@ real model twice (about a minute on 2 CPU cores).
 """
 import os
 import pathlib
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TQDM_DISABLE", "1")  # transformers' GGUF loader draws a progress bar per tensor
 
-from absl import app, flags, logging
+from absl import flags, logging
+
+from agent_rl import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "directory written by launch/import_model.py", required=True)
@@ -87,4 +87,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -4,14 +4,10 @@ every parameter rendered as protocol text. Scoring it checks the AST checker aga
     python launch/bfcl_ground_truth.py --out bfcl_gt.jsonl
     python launch/eval.py --suite bfcl --policy replay:bfcl_gt.jsonl --out bfcl_gt.json
 """
-import os
-import sys
+from absl import flags
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from absl import app, flags  # noqa: E402
-
-from agent_rl.evals import bfcl, common  # noqa: E402
+from agent_rl import cli
+from agent_rl.evals import bfcl, common
 
 flags.DEFINE_string("data_dir", None, "benchmark data root (default: $AGENT_RL_BENCHDATA)")
 flags.DEFINE_string("out", None, "replay JSONL to write", required=True)
@@ -20,6 +16,9 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    problem = cli.unwritable(FLAGS.out)
+    if problem:
+        cli.fail(f"--out={FLAGS.out}: {problem}")
     cases = bfcl.load_cases(common.resolve_data_dir(FLAGS.data_dir, "bfcl"))
     outputs = bfcl.ground_truth_outputs(cases)
     common.write_jsonl(FLAGS.out, [{"id": k, "output": v} for k, v in outputs.items()])
@@ -27,4 +26,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

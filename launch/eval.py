@@ -11,16 +11,11 @@ registered model policies). Benchmark data: --data_dir or $AGENT_RL_BENCHDATA.
 """
 from __future__ import annotations
 
-import pathlib
-import sys
-
 from absl import flags, logging
 from ml_collections import config_flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from agent_rl import cli, evals  # noqa: E402
-from agent_rl.evals import common  # noqa: E402
+from agent_rl import cli, evals
+from agent_rl.evals import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("suite", None, "benchmark suite: injecagent | bfcl | agent_safetybench | sandbox", required=True)

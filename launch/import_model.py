@@ -8,15 +8,11 @@ the file's metadata (tokenizer.json, tokenizer_config.json, chat_template.jinja)
 `agent_rl.hf.from_pretrained`, `--config.model.hf_dir=DIR --config.tokenizer.kind=hf --config.tokenizer.path=DIR`,
 and transformers. Bad input exits with `error: <one line>`.
 """
-import os
-import sys
 import time
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import app, flags, logging
 
-from agent_rl import cli  # noqa: E402
+from agent_rl import cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("out", None, "directory to write the Hugging Face checkpoint into", required=True)

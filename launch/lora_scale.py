@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import json
 import pathlib
-import sys
 
 from absl import flags, logging
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-
-from agent_rl import cli, evals, plots  # noqa: E402
-from agent_rl.evals import common  # noqa: E402
+from agent_rl import cli, evals, plots
+from agent_rl.evals import common
 
 flags.DEFINE_string("run", None, "workdir of a LoRA training run (checkpoint:RUN is evaluated)", required=True)
 flags.DEFINE_list("scales", ["0", "0.5", "1", "1.5"], "adapter scales to evaluate")

@@ -5,18 +5,20 @@ by Qwen, Qwen2 and Qwen2.5). tiktoken stores ranks, not merges; the merge that m
 running BPE on its bytes with only lower ranks allowed, which leaves exactly two parts. The pipeline is Qwen2's:
 NFC normalization, the Qwen2 pre-tokenizer regex, byte-level mapping, and the 22 Qwen2.5 added tokens from id 151643.
 
-    python -m launch.make_qwen_tokenizer --out /path/to/qwen2.5-tokenizer
+    python launch/make_qwen_tokenizer.py --out /path/to/qwen2.5-tokenizer
 """
 from __future__ import annotations
 
 import json
 import pathlib
 
-from absl import app, flags
+from absl import flags
 
+from agent_rl import cli
 from agent_rl.tokenizer import bytes_to_unicode
 
-FLAGS = flags.DEFINE_string("out", None, "Directory to write tokenizer.json and tokenizer_config.json into.")
+_OUT = flags.DEFINE_string("out", None, "Directory to write tokenizer.json and tokenizer_config.json into.",
+                           required=True)
 
 # Qwen2's pre-tokenizer: contractions, letter runs (with one leading non-letter), single digits, punctuation runs,
 # newlines, and whitespace that does not eat the space before a word.
@@ -113,11 +115,9 @@ def build(out: pathlib.Path) -> None:
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS.value:
-        raise app.UsageError("--out is required")
-    build(pathlib.Path(FLAGS.value))
+        cli.fail(f"unexpected arguments: {argv[1:]}")
+    build(pathlib.Path(_OUT.value))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

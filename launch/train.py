@@ -8,14 +8,11 @@ steps, evaluation and checkpoint settings). Errors are one line on stderr and ex
 --verbose shows the traceback.
 """
 import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from absl import logging
 from ml_collections import config_flags
 
-from agent_rl import cli  # noqa: E402
+from agent_rl import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "tiny.py"),
