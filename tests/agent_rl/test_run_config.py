@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import pytest
 
 from agent_rl import checkpoint, cli, run_config
-from configs import micro, tiny
+from configs import ablation, micro, tiny
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -34,6 +34,19 @@ def _problems(cfg) -> list[str]:
 def test_shipped_configs_are_valid():
     run_config.validate(tiny.get_config())
     run_config.validate(micro.get_config())
+    for variant in ablation.VARIANTS:
+        run_config.validate(ablation.get_config(variant))
+
+
+def test_ablation_variants_change_only_the_reward_and_workdir():
+    default = run_config._flat(tiny.get_config().to_dict())
+    for variant, (channels, kind) in ablation.VARIANTS.items():
+        flat = run_config._flat(ablation.get_config(variant).to_dict())
+        assert flat == {**default, "workdir": f"runs/{variant}", "reward.channels": channels, "reward.kind": kind}
+    assert set(ablation.VARIANTS) == {"user_only_paper", "user_only_shaped", "user_tool_paper"}
+    for bad in ("", "user_tool_shaped"):
+        with pytest.raises(ValueError, match=f"unknown variant {bad!r}; expected one of"):
+            ablation.get_config(bad)
 
 
 @pytest.mark.parametrize("key, value, rule", [
@@ -123,6 +136,14 @@ def test_restore_newest_skips_an_unreadable_checkpoint(tmp_path, damage):
     step, state, meta = got
     assert step == 1 and meta == {"step": 1} and float(state["w"][0]) == 1.0
     assert checkpoint.restore_newest(manager, lambda s: {"w": jnp.zeros((3,))}) is None  # nothing fits: None
+
+
+def test_train_passes_the_config_variant(tmp_path):
+    """--config FILE:VARIANT reaches get_config: the variant's config loads and is checked (here, rejected)."""
+    out = _launch("train.py", "--config", f"{ROOT / 'configs' / 'ablation.py'}:user_only_shaped",
+                  f"--config.workdir={tmp_path / 'w'}", "--config.grpo.n_scenarios=0")
+    assert out.returncode == cli.EXIT_ERROR
+    assert out.stderr.strip() == "error: config.grpo.n_scenarios=0: must be a number >= 1", out.stderr[-2000:]
 
 
 def test_unwritable_output_paths(tmp_path):
