@@ -51,12 +51,31 @@ def _unknown_key(e: Exception, argv: Sequence[str]) -> str:
     return f"{flag}: no config key {key!r}" + (f' (did you mean "{hint.group(1)}"?)' if hint else "")
 
 
+def define_config_file(name: str, default: str | None, help_string: str):
+    """config_flags.DEFINE_config_file, whose default config is loaded (and --config.* overrides applied) at once,
+    at import: an override naming a key the default config lacks is then one line too."""
+    from ml_collections import config_flags
+
+    try:
+        return config_flags.DEFINE_config_file(name, default, help_string)
+    except AttributeError as e:
+        if verbose(sys.argv):
+            raise
+        fail(_unknown_key(e, sys.argv[1:]))
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing with its errors (and ml_collections' unknown-key errors) as one line."""
     argv = [a for a in argv if a != "--verbose"]
     try:
         return flags.FLAGS(argv)
     except flags.Error as e:
+        if verbose(sys.argv):
+            raise
+        text = str(e)
+        if "Traceback (most recent call last)" in text:  # a config file that raised: its own message is the last line
+            flag, last = text.split(": Error whilst parsing", 1)[0], text.strip().splitlines()[-1]
+            fail(f"flags: {flag}: {last}")
         fail(f"flags: {e}")
     except AttributeError as e:  # config_flags: an override names a key the config does not have
         if verbose(sys.argv):

@@ -334,7 +334,7 @@ def hf_tokenizer(local_dir, vocab_size: int | None = None) -> HFTokenizer:
     local_dir = pathlib.Path(local_dir)
     if not (local_dir / "tokenizer.json").is_file() and not (local_dir / "vocab.json").is_file():
         raise FileNotFoundError(f"no tokenizer in {local_dir} (expected tokenizer.json; "
-                                f"`python -m launch.make_qwen_tokenizer --out {local_dir}` writes Qwen2.5's)")
+                                f"`python launch/make_qwen_tokenizer.py --out {local_dir}` writes Qwen2.5's)")
     from transformers import AutoTokenizer
 
     return HFTokenizer(AutoTokenizer.from_pretrained(str(local_dir), local_files_only=True), str(local_dir),

@@ -15,12 +15,11 @@ import os
 import time
 
 from absl import flags, logging
-from ml_collections import config_flags
 
 from agent_rl import cli
 
 FLAGS = flags.FLAGS
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = cli.define_config_file(
     "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "tiny.py"),
     "the run config whose model (config.model, config.tokenizer.vocab_size) is trained")
 flags.DEFINE_list("gap", ["none", "random"], "tasks: none (copy right after), random (copy after filler)")

@@ -10,11 +10,10 @@ steps, evaluation and checkpoint settings). Errors are one line on stderr and ex
 import os
 
 from absl import logging
-from ml_collections import config_flags
 
 from agent_rl import cli
 
-_CONFIG = config_flags.DEFINE_config_file(
+_CONFIG = cli.define_config_file(
     "config", os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "configs", "tiny.py"),
     "ml_collections config file; override fields with --config.<field>=value.")
 

@@ -146,6 +146,19 @@ def test_train_passes_the_config_variant(tmp_path):
     assert out.stderr.strip() == "error: config.grpo.n_scenarios=0: must be a number >= 1", out.stderr[-2000:]
 
 
+@pytest.mark.parametrize("args, line", [
+    (["--config.grpo.stepz=3"], 'error: --config.grpo.stepz: no config key \'stepz\' (did you mean "steps"?)'),
+    (["--config", f"{ROOT / 'configs' / 'ablation.py'}:nope"],
+     "error: flags: flag --config=" + str(ROOT / "configs" / "ablation.py") + ":nope: ValueError: configs/ablation.py: "
+     "unknown variant 'nope'"),
+])
+def test_config_file_errors_are_one_line(args, line):
+    """Errors raised while the config file loads (the default one at import, or a variant's get_config)."""
+    out = _launch("train.py", *args)
+    assert out.returncode == cli.EXIT_ERROR
+    assert len(out.stderr.strip().splitlines()) == 1 and out.stderr.startswith(line), out.stderr[-2000:]
+
+
 def test_unwritable_output_paths(tmp_path):
     assert cli.unwritable(str(tmp_path)) == "is a directory; expected a file path"
     assert cli.unwritable(str(tmp_path / "no" / "r.json")).startswith("its directory")
