@@ -26,6 +26,7 @@ Episodes = Callable[[T.Scenario, jax.Array, float], rollout.Trajectory]
 
 
 def scripted_episodes(policy_id: int, vocab: T.Vocab, env_params: T.EnvParams) -> Episodes:
+    """A scripted policy's episodes (`sandbox.types.POLICIES[policy_id]`): reference numbers without a model."""
     def episodes(batch, key, temperature):
         del temperature  # scripted turns are fixed; only the simulated user's check answers are drawn
         ids = jnp.full((batch.prompt.shape[0],), policy_id, jnp.int32)
