@@ -21,7 +21,7 @@ def test_load_checkpoint_skips_an_unreadable_newer_step_and_writes_nothing(tmp_p
     warns in one line and returns step 1's params, @2 is one error, and the run directory is left as it was."""
     c = tiny.get_config()
     c.workdir = str(tmp_path / "run")
-    c.tokenizer.update(vocab_size=1024, cache_dir=str(tmp_path / "cache"))
+    c.tokenizer.kind = "byte"  # no tokenizer to train
     c.model.update(d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=16, mlp_dim=64)
     tok = setup_lib.build_tokenizer(c)
     model_cfg = setup_lib.build_model_config(c, tok.vocab_size)

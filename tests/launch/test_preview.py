@@ -17,7 +17,7 @@ def test_segments_split_policy_and_env_runs():
 
 
 def test_prints_an_episode_from_another_directory(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "launch" / "preview.py"), "--n=1", "--split=heldout"],
+    out = subprocess.run([sys.executable, str(ROOT / "launch" / "preview.py"), "--n=1", "--split=heldout", "--tokenizer=byte"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "--- [prompt]" in out.stdout and "--- [policy]" in out.stdout and "paper=" in out.stdout
