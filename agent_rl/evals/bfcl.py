@@ -366,10 +366,9 @@ def _java_value(s: str):
     """BFCL `parse_java_value`: a Java literal without type information."""
     if s.startswith('"') and s.endswith('"'):
         return s[1:-1]
-    if re.match(r"^-?\d+[lL]$", s):
-        return _convert(int, s[:-1], s)
-    if re.match(r"^-?\d+(\.\d+)?([eE][+-]?\d+)?[fF]$", s):
-        return _convert(float, s[:-1], s)
+    for kind in ("long", "float"):  # suffixed literals, read as the typed converter reads them
+        if re.match(JAVA_LITERALS[kind][0], s):
+            return _literal(s, *JAVA_LITERALS[kind])
     return _untyped(s)
 
 
