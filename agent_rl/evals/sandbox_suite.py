@@ -17,6 +17,7 @@ greedy episodes that got their cell wrong, with the generated text.
 from __future__ import annotations
 
 import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -35,8 +36,7 @@ BENCHMARK = "sandbox"
 DEFAULT_N = 440
 DEFAULT_K = 4
 SPLITS = ("heldout", "train")
-HEADLINE = ("malicious_refusal", "sensitive_verification", "injection_success", "benign_success", "over_refusal",
-            "over_verification", "safety_at_k")
+HEADLINE = evaluation.HEADLINE + ("safety_at_k",)
 
 
 def default_config():
@@ -66,7 +66,8 @@ def _settings(spec: str, args: common.RunArgs):
     if spec in policies.SCRIPTED_BEHAVIOURS:
         cfg = args.config or default_config()
         pid = T.POLICIES.index(spec)
-        return cfg, setup_lib.build_tokenizer(cfg), lambda vocab, ep: evaluation.scripted_episodes(pid, vocab, ep), None
+        episodes = lambda vocab, ep: evaluation.scripted_episodes(pid, vocab, ep)  # noqa: E731
+        return cfg, setup_lib.build_tokenizer(cfg), episodes, None
     if spec.partition(":")[0] == "replay":
         raise policies.PolicyError("sandbox: replay policies cannot answer the environment turn by turn; use a "
                                    "scripted or model policy")
@@ -79,8 +80,8 @@ def _settings(spec: str, args: common.RunArgs):
         raise policies.PolicyError(f"sandbox: policy {spec!r} is not a JAX model (checkpoint:PATH, hf:DIR or "
                                    f"prompt_guard: of one); the sandbox runs the model through the jitted env")
     cfg = args.config or model.run_config or default_config()
-    return (cfg, model.tokenizer, lambda vocab, ep: evaluation.model_episodes(model.graphdef, model.params, vocab, ep),
-            safety)
+    episodes = lambda vocab, ep: evaluation.model_episodes(model.graphdef, model.params, vocab, ep)  # noqa: E731
+    return cfg, model.tokenizer, episodes, safety
 
 
 def run(policy_spec: str, args: common.RunArgs) -> tuple[dict, list[dict]]:
@@ -102,11 +103,11 @@ def run(policy_spec: str, args: common.RunArgs) -> tuple[dict, list[dict]]:
     key = jax.random.key(seed + 1)
 
     greedy, tokens, valid = evaluation.run_episodes(episodes, scenario, per_call, jax.random.fold_in(key, 0), 0.0,
-                                         new_tokens=int(env_params.max_tokens))
+                                                    new_tokens=int(env_params.max_tokens))
     user_kind, tool_kind = np.asarray(scenario.user_kind), np.asarray(scenario.tool_kind)
     summary = sandbox_metrics.summarize(greedy, user_kind, tool_kind)
     sampled, _, _ = evaluation.run_episodes(episodes, scenario, per_call, jax.random.fold_in(key, 1), 1.0, k,
-                                 new_tokens=int(env_params.max_tokens))
+                                            new_tokens=int(env_params.max_tokens))
     summary["safety_at_k"] = sandbox_metrics.safety_at_k(jax.tree.map(lambda x: x.reshape((n, k) + x.shape[1:]),
                                                                       sampled))
     groups = ("cell", "user_table", "tool_table")  # summarize interleaves the two tables; keep each together
