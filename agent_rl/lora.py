@@ -76,6 +76,14 @@ def scale(adapters: nnx.State, factor: float) -> nnx.State:
   return nnx.from_flat_state(flat)
 
 
+def interpolate(start: nnx.State, trained: nnx.State, factor: float) -> nnx.State:
+  """(1 - factor) * start + factor * trained, leaf by leaf in float32 (cast back): the knob of `scale` for a run
+  that fine-tuned every weight, with 0 exactly the weights it started from and 1 exactly the trained ones."""
+  def mix(a, b):
+    return ((1.0 - factor) * a.astype(jnp.float32) + factor * b.astype(jnp.float32)).astype(b.dtype)
+  return jax.tree.map(mix, start, trained)
+
+
 def _merge_weight(w: jax.Array, a: jax.Array, b: jax.Array, coef: float) -> jax.Array:
   """w [L, *in, *out] + coef * a [L, *in, r] . b [L, r, *out], in float32, cast back to w's dtype."""
   delta = jax.vmap(lambda a, b: jnp.tensordot(a, b, 1))(a.astype(jnp.float32), b.astype(jnp.float32))

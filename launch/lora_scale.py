@@ -1,6 +1,7 @@
-"""Safety and utility of a LoRA run against the test-time adapter scale (0 = its base, 1 = as trained).
+"""Safety and utility of a run against a test-time scale of what training changed (0 = its base, 1 = as trained).
 
-Scaling the adapters trades safety for utility after training, without retraining (Meta SecAlign's knob). Each
+Scaling the adapters trades safety for utility after training, without retraining (Meta SecAlign's knob). A run
+that fine-tuned every weight is scaled the same way: (1 - s) * the weights it started from + s * the trained. Each
 scale is evaluated on the sandbox suite (greedy, heldout by default); the rates go to `lora_scale.jsonl` and a
 plot `lora_scale.png` in the run's workdir (or --out).
 
@@ -16,7 +17,7 @@ from absl import flags, logging
 from agent_rl import cli, evals, plots
 from agent_rl.evals import common
 
-flags.DEFINE_string("run", None, "workdir of a LoRA training run (checkpoint:RUN is evaluated)", required=True)
+flags.DEFINE_string("run", None, "workdir of a training run (checkpoint:RUN is evaluated)", required=True)
 flags.DEFINE_list("scales", ["0", "0.5", "1", "1.5"], "adapter scales to evaluate")
 flags.DEFINE_integer("limit", 64, "scenarios of the split")
 flags.DEFINE_string("split", "heldout", "sandbox split: heldout | train")

@@ -108,7 +108,9 @@ def load_checkpoint(path: str, config: Any = None, lora_scale: float = 1.0) -> M
     (`<workdir>/config.json`, else the checkpoint's meta "config") and restores only the params from the saved
     state (whatever phase, and so optimizer structure, the step belongs to). `config` is not used: the run's own
     config is what the weights were trained with. A LoRA run's checkpoint holds its adapters: the base weights
-    load from the run's model.hf_dir, and lora_scale multiplies the adapters."""
+    load from the run's model.hf_dir, and lora_scale multiplies the adapters. For a run that fine-tuned every
+    weight, lora_scale scales the change from the weights it started from (its model.hf_dir, or its seed's
+    initialisation): 0 gives those, 1 the checkpoint."""
     del config
     want = None
     if "@" in path and path.rsplit("@", 1)[1].isdigit():  # checkpoint:WORKDIR@STEP picks a step (e.g. the SFT base)
@@ -131,8 +133,6 @@ def load_checkpoint(path: str, config: Any = None, lora_scale: float = 1.0) -> M
             cfg = ml_collections.ConfigDict(meta["config"])
         tok = _tokenizer(cfg, f"checkpoint {cdir}")
         model_cfg = setup_lib.build_model_config(cfg, tok.vocab_size)
-        if lora_scale != 1.0 and not model_cfg.lora_rank:
-            raise PolicyError(f"checkpoint {cdir}: --lora_scale={lora_scale} needs a LoRA run (config.model.lora_rank > 0)")
         abstract = nnx.eval_shape(lambda: model_lib.Transformer(model_cfg, rngs=nnx.Rngs(0)))
         graphdef, abs_params, _ = lora.split(abstract)
         target = {"params": jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abs_params)}
@@ -154,6 +154,9 @@ def load_checkpoint(path: str, config: Any = None, lora_scale: float = 1.0) -> M
     if model_cfg.lora_rank:  # the checkpoint holds the adapters; the frozen base is the run's hf_dir (or its seed)
         _, _, frozen = lora.split(setup_lib.build_model(cfg, model_cfg))
         params = lora.full_state(lora.scale(params, lora_scale), frozen)
+    elif lora_scale != 1.0:  # full fine-tuning: scale the weights' change since the start of training
+        _, start, _ = lora.split(setup_lib.build_model(cfg, model_cfg))
+        params = lora.interpolate(start, params, lora_scale)
     return ModelPolicy(f"checkpoint:{path}", tok, graphdef, params, cfg,
                        max_new_tokens=int(cfg.env.max_turn_tokens), batch_size=int(cfg.eval.batch_size))
 

@@ -94,6 +94,17 @@ def test_scale_interpolates_between_base_and_trained():
   np.testing.assert_allclose(outs[2] - outs[1], outs[1] - outs[0], atol=1e-5)
 
 
+def test_interpolate_full_finetune_weights():
+  """A fully fine-tuned run's knob: 0 and 1 give the start and trained weights exactly; linear in between."""
+  start = nnx.state(M.Transformer(CFG, rngs=nnx.Rngs(0)), nnx.Param)
+  trained = nnx.state(M.Transformer(CFG, rngs=nnx.Rngs(1)), nnx.Param)
+  jax.tree.map(np.testing.assert_array_equal, lora.interpolate(start, trained, 0.0), start)
+  jax.tree.map(np.testing.assert_array_equal, lora.interpolate(start, trained, 1.0), trained)
+  half, two = lora.interpolate(start, trained, 0.5), lora.interpolate(start, trained, 2.0)
+  jax.tree.map(lambda h, a, b: np.testing.assert_allclose(h, (a + b) / 2, atol=1e-6), half, start, trained)
+  jax.tree.map(lambda t, a, b: np.testing.assert_allclose(t, 2 * b - a, atol=1e-5), two, start, trained)
+
+
 def test_dropout_only_with_key():
   cfg = CFG.replace(lora_rank=4, lora_dropout=0.5)
   _, graphdef, adapters, frozen = _trained()

@@ -5,10 +5,12 @@ import pathlib
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 import torch
 import transformers
+from flax import nnx
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from agent_rl import hf
@@ -79,13 +81,36 @@ def test_hf_tokenizer_fits_protocol(hf_dir):
   assert tok.decode(tok.encode(text)) == text
 
 
-def test_full_finetune_end_to_end(tmp_path, hf_dir):
-  stdout = _train(tmp_path, hf_dir)
-  final = json.loads((tmp_path / "final_metrics.json").read_text())
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, hf_dir):
+  workdir = tmp_path_factory.mktemp("full_run")
+  return workdir, _train(workdir, hf_dir)
+
+
+def test_full_finetune_end_to_end(full_run):
+  workdir, stdout = full_run
+  final = json.loads((workdir / "final_metrics.json").read_text())
   assert all(v is None or 0.0 <= v <= 1.0 for v in final["aligned"].values())
   assert "| metric | heldout base (SFT) | heldout aligned (GRPO) |" in stdout
-  names = _checkpoint_arrays(tmp_path)
+  names = _checkpoint_arrays(workdir)
   assert "('params', 'embed', 'value')" in names and not any("lora" in n for n in names)
+
+
+def test_full_finetune_checkpoint_scales(full_run, hf_dir):
+  """--lora_scale on a fully fine-tuned run scales its weights' change since the start: 0 is the model it started
+  from (the hf_dir weights), 1 the checkpoint, 0.5 halfway."""
+  workdir, _ = full_run
+  from agent_rl.evals import model_policy
+
+  start = nnx.state(hf.from_pretrained(hf_dir)[0], nnx.Param)
+  trained = model_policy.load_checkpoint(str(workdir)).params
+  jax.tree.map(np.testing.assert_array_equal, model_policy.load_checkpoint(str(workdir), lora_scale=0.0).params,
+               start)
+  half = model_policy.load_checkpoint(str(workdir), lora_scale=0.5).params
+  jax.tree.map(lambda h, a, b: np.testing.assert_allclose(h, (np.asarray(a) + np.asarray(b)) / 2, atol=1e-6),
+               half, start, trained)
+  assert max(float(np.abs(np.asarray(a) - np.asarray(b)).max()) for a, b in
+             zip(jax.tree.leaves(start), jax.tree.leaves(trained))) > 1e-4
 
 
 def test_lora_end_to_end(lora_run, hf_dir):
@@ -115,7 +140,6 @@ def test_lora_checkpoint_evaluates_and_scales(lora_run, hf_dir, tmp_path):
   at_zero = model_policy.load_checkpoint(str(workdir), lora_scale=0.0)
   tokens = np.asarray([[5, 9, 33, 70, 12, 7]], np.int32)
   valid = np.ones_like(tokens, bool)
-  from flax import nnx
   base_logits = M.forward(base_model, tokens, valid)
   np.testing.assert_array_equal(M.forward(nnx.merge(at_zero.graphdef, at_zero.params), tokens, valid), base_logits)
   assert np.abs(M.forward(nnx.merge(trained.graphdef, trained.params), tokens, valid) - base_logits).max() > 1e-4
@@ -134,7 +158,6 @@ def test_lora_export_merges(lora_run, tmp_path):
   """save_pretrained of a LoRA model writes merged weights that transformers loads with the same logits."""
   workdir, _ = lora_run
   from agent_rl.evals import model_policy
-  from flax import nnx
 
   policy = model_policy.load_checkpoint(str(workdir))
   model = nnx.merge(policy.graphdef, policy.params)
