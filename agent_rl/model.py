@@ -470,6 +470,7 @@ class Transformer(nnx.Module):
       mask_new = jax.lax.dynamic_slice_in_dim(attn_mask, cache.index, t, axis=2)
 
     def layer(x, xs):
+      x = shard_rows(x)
       state, index = xs
       blk = nnx.merge(graphdef, state)
       key = None if dropout_key is None else jax.random.fold_in(dropout_key, index)
@@ -481,7 +482,7 @@ class Transformer(nnx.Module):
         y = cached_attention(q, cache.k, cache.v, index, mask_old, k, v, mask_new, cache.index)
       x = x + blk.attn.out(y, key)
       x = x + blk.mlp(rms_norm(x, blk.mlp_norm[...], cfg.rms_eps), key)
-      return x, (k, v)
+      return shard_rows(x), (k, v)
 
     if cfg.remat:
       layer = jax.checkpoint(layer)
@@ -496,6 +497,26 @@ class Transformer(nnx.Module):
     head = self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]
     logits = jnp.einsum("btd,dv->btv", x, head.astype(dt), preferred_element_type=jnp.float32)
     return logits, cache
+
+
+def shard_rows(x: jax.Array) -> jax.Array:
+  """x [B, ...] with its rows split over the current mesh's batch axes (`sharding.DEFAULT_RULES["batch"]`).
+
+  Unchanged without a mesh (`jax.set_mesh`), on a mesh whose batch axes have size 1, or when B does not divide.
+  Without this constraint XLA carries the weights' "embed" sharding into the residual stream, so every device
+  computes every row of a microbatch (activations and logits not split at all).
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if not mesh.axis_names or x.ndim == 0:
+    return x
+  from agent_rl import sharding  # lazily: sharding is the mesh layer above the model
+
+  spec = sharding.logical_to_spec(("batch",), mesh=mesh)
+  axes = (spec[0],) if isinstance(spec[0], str) else tuple(spec[0] or ())
+  size = math.prod(mesh.shape[a] for a in axes)
+  if size == 1 or x.shape[0] % size:
+    return x
+  return jax.lax.with_sharding_constraint(x, spec)
 
 
 def _cache_mask(cache_valid: jax.Array, index: jax.Array, new_valid: jax.Array) -> jax.Array:
