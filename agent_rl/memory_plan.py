@@ -161,6 +161,12 @@ def batch_ways(mesh) -> int:
   return math.prod(mesh.shape[a] for a in axes)
 
 
+def rows_per_device(rows: int, mesh) -> int:
+  """Rows each device computes: its share when they split over the batch axes, else all of them (replicated)."""
+  ways = batch_ways(mesh)
+  return rows // ways if rows % ways == 0 else rows
+
+
 def _batched(mesh, shape, dtype, warnings: list[str], what: str) -> jax.ShapeDtypeStruct:
   """[rows, ...] split over the batch axes, or replicated (with a warning) when the rows do not divide."""
   ways = batch_ways(mesh)
@@ -195,7 +201,7 @@ def compile_update(cfg, graphdef, params, frozen, mesh, warnings: list[str]):
   with jax.set_mesh(mesh):
     compiled, seconds = _timed_compile(lambda: steps.grpo_update.lower(
         graphdef, params, opt_state, params, traj, adv, key, frozen, tx=tx, hp=hp))
-  rows = dict(batch=n, microbatch=g.microbatch, sequence=s, rows_per_device=-(-g.microbatch // batch_ways(mesh)))
+  rows = dict(batch=n, microbatch=g.microbatch, sequence=s, rows_per_device=rows_per_device(g.microbatch, mesh))
   return compiled, opt_state, rows, seconds
 
 
@@ -238,14 +244,14 @@ def compile_rollout(cfg, model_cfg, graphdef, params, mesh, warnings: list[str])
         graphdef, params, scenario, vocab, key, env_params, jnp.float32(cfg.grpo.temperature),
         max_new_tokens=new_tokens))
   return compiled, dict(batch=rows, prompt=cfg.shapes.prompt, new_tokens=new_tokens,
-                        rows_per_device=-(-rows // batch_ways(mesh))), seconds
+                        rows_per_device=rows_per_device(rows, mesh)), seconds
 
 
 def kv_cache_bytes(model_cfg: model_lib.ModelConfig, rows: int, slots: int, mesh) -> int:
   """Per device: k and v [layers, rows, kv_heads, slots, head_dim] in the compute dtype, rows split over the batch
   axes and kv heads over "tensor" where they divide (as XLA places the cache the rollout creates)."""
-  ways, tensor = batch_ways(mesh), mesh.shape.get("tensor", 1)
-  rows = -(-rows // ways) if rows % ways == 0 else rows
+  tensor = mesh.shape.get("tensor", 1)
+  rows = rows_per_device(rows, mesh)
   heads = model_cfg.n_kv_heads // tensor if model_cfg.n_kv_heads % tensor == 0 else model_cfg.n_kv_heads
   return 2 * model_cfg.n_layers * rows * heads * slots * model_cfg.head_dim * model_cfg.compute_dtype.itemsize
 
