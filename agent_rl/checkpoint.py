@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
+from agent_rl import distributed
+
 STATE = "state"
 META = "meta"
 
@@ -165,16 +167,19 @@ def restore_newest(manager: ocp.CheckpointManager, target_for: Callable[[int], A
 
 def set_aside(manager: ocp.CheckpointManager, step: int, error: Exception) -> None:
     """Move an unreadable checkpoint step to `<workdir>/checkpoints_unreadable/<step>` (kept for a post-mortem, not
-    deleted), say so in one line, and reload the manager so later saves may reuse the step number."""
-    directory = pathlib.Path(manager.directory)
-    dest, n = directory.parent / "checkpoints_unreadable" / str(step), 1
-    while dest.exists():  # the same step number may have been set aside before
-        dest, n = dest.with_name(f"{step}.{n}"), n + 1
-    dest.parent.mkdir(exist_ok=True)
-    (directory / str(step)).rename(dest)
+    deleted), say so in one line, and reload the manager so later saves may reuse the step number. In a
+    multi-process run every process calls this; process 0 moves the directory and the others wait for it."""
+    if distributed.is_primary():
+        directory = pathlib.Path(manager.directory)
+        dest, n = directory.parent / "checkpoints_unreadable" / str(step), 1
+        while dest.exists():  # the same step number may have been set aside before
+            dest, n = dest.with_name(f"{step}.{n}"), n + 1
+        dest.parent.mkdir(exist_ok=True)
+        (directory / str(step)).rename(dest)
+        print(f"warning: checkpoint step {step} is unreadable ({str(error).splitlines()[0][:300]}); moved to {dest}; "
+              f"trying the previous one", flush=True)
+    distributed.barrier(f"checkpoint_set_aside_{step}")
     manager.reload()
-    print(f"warning: checkpoint step {step} is unreadable ({str(error).splitlines()[0][:300]}); moved to {dest}; "
-          f"trying the previous one", flush=True)
 
 
 def read_only_manager(directory: str | os.PathLike) -> ocp.CheckpointManager:

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from agent_rl import distributed
 from agent_rl import plots
 from agent_rl import rollout
 from agent_rl import sharding
@@ -71,9 +72,11 @@ def run_episodes(episodes: Episodes, scenario: T.Scenario, per_call: int, key: j
             batch = rollout.repeat_group(batch, k)
         traj = episodes(batch, jax.random.fold_in(key, i), temperature)
         keep = min(per, n - i) * k
-        outs.append(jax.tree.map(lambda x: np.asarray(x)[:keep], _outcome(traj.env_state, batch)))
-        toks.append(np.asarray(traj.tokens)[:keep, traj.tokens.shape[1] - new_tokens:])
-        valids.append(np.asarray(traj.valid)[:keep, traj.valid.shape[1] - new_tokens:])
+        # On a mesh over several processes the episodes are spread over them: every process reads all of them.
+        outcome, tokens, valid = distributed.host((_outcome(traj.env_state, batch), traj.tokens, traj.valid))
+        outs.append(jax.tree.map(lambda x: np.asarray(x)[:keep], outcome))
+        toks.append(np.asarray(tokens)[:keep, tokens.shape[1] - new_tokens:])
+        valids.append(np.asarray(valid)[:keep, valid.shape[1] - new_tokens:])
     outcome = jax.tree.map(lambda *xs: np.concatenate(xs), *outs)
     return outcome, np.concatenate(toks), np.concatenate(valids)
 
@@ -81,10 +84,15 @@ def run_episodes(episodes: Episodes, scenario: T.Scenario, per_call: int, key: j
 def evaluate(graphdef, params, scenarios: T.Scenario, vocab: T.Vocab, env_params: T.EnvParams, eval_cfg, key,
              mesh=None) -> dict[str, float | None]:
     """Named sandbox metrics (sandbox.metrics.summarize) of the model on every scenario of a split, one episode each
-    at eval_cfg.temperature (greedy: 0), eval_cfg.batch_size episodes a call. A metric with no qualifying episode
+    at eval_cfg.temperature (greedy: 0), eval_cfg.batch_size episodes a call (with `mesh`, rounded up to a multiple
+    of its data-parallel size). A metric with no qualifying episode
     (e.g. injection success when no tool response was reached) is None."""
     episodes = model_episodes(graphdef, params, vocab, env_params, mesh)
-    outcome, _, _ = run_episodes(episodes, scenarios, eval_cfg.batch_size, key, eval_cfg.temperature,
+    per_call = int(eval_cfg.batch_size)
+    if mesh is not None:  # a call's episodes split evenly over the mesh's data axes (padding rows are dropped)
+        shards = sharding.batch_shards(mesh)
+        per_call = -(-per_call // shards) * shards
+    outcome, _, _ = run_episodes(episodes, scenarios, per_call, key, eval_cfg.temperature,
                                  new_tokens=int(env_params.max_tokens))
     m = sandbox_metrics.summarize(outcome, np.asarray(scenarios.user_kind), np.asarray(scenarios.tool_kind))
     return {k: (v if math.isfinite(v) else None) for k, v in m.items()}

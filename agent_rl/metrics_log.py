@@ -154,9 +154,22 @@ class MetricsLogger:
         self.close()
 
 
-def progress(total: int, initial: int = 0, desc: str = "train") -> tqdm.tqdm:
-    """A tqdm bar over training steps, starting at `initial` when resuming."""
-    return tqdm.tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True)
+class NullLogger:
+    """MetricsLogger's interface, writing nothing: the processes other than the first of a multi-process run."""
+
+    def resume(self, step: int) -> None:
+        pass
+
+    def log(self, step: int, scalars: Mapping[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def progress(total: int, initial: int = 0, desc: str = "train", disable: bool = False) -> tqdm.tqdm:
+    """A tqdm bar over training steps, starting at `initial` when resuming (`disable`: shown by another process)."""
+    return tqdm.tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, disable=disable)
 
 
 def advance(bar: tqdm.tqdm, scalars: Mapping[str, Any], keys: Sequence[str], n: int = 1) -> None:

@@ -92,6 +92,13 @@ def validate(cfg) -> None:
 
         n = math.prod(shape)
         need("mesh.shape", n == jax.device_count(), f"needs {n} devices; {jax.device_count()} available")
+        # Batches split over the data-parallel axes ("data", "fsdp"): the SFT and rollout batches must divide.
+        shards = math.prod(s for s, a in zip(shape, axes) if a in ("data", "fsdp"))
+        split = f"must be a multiple of the mesh's data-parallel size {shards} (mesh.shape {list(shape)})"
+        need("sft.batch_size", cfg.sft.steps == 0 or number("sft.batch_size") % shards == 0, split)
+        need("grpo.n_scenarios", cfg.grpo.steps == 0 or
+             (number("grpo.n_scenarios") * number("grpo.group_size")) % shards == 0,
+             f"times grpo.group_size {split}")
     else:
         need("mesh.shape", False, "sizes must be integers >= 1")
 
@@ -172,10 +179,11 @@ def resume_changes(saved: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[di
     return ({k: v for k, v in changed.items() if not safe(k)}, {k: v for k, v in changed.items() if safe(k)})
 
 
-def check_resume(cfg, workdir: pathlib.Path) -> None:
+def check_resume(cfg, workdir: pathlib.Path, record: bool = True) -> None:
     """Before a run writes anything into a workdir that holds checkpoints: its config must be the saved one
     (`workdir/config.json`) up to SAFE_ON_RESUME keys. Blocking differences raise ConfigError listing every key;
-    allowed ones are printed and appended to `workdir/resumes.jsonl`."""
+    allowed ones are printed and, with `record` (one process of a multi-process run), appended to
+    `workdir/resumes.jsonl`."""
     saved_path, cdir = workdir / "config.json", workdir / "checkpoints"
     if not (saved_path.is_file() and cdir.is_dir() and any(p.name.isdigit() for p in cdir.iterdir())):
         return  # a fresh run, or one killed before its first checkpoint: nothing to resume
@@ -190,6 +198,7 @@ def check_resume(cfg, workdir: pathlib.Path) -> None:
                           f"differing keys: {describe(blocking)}. Use another config.workdir, or the saved values")
     if allowed:
         print(f"resuming {workdir} with changed settings: {describe(allowed)}", flush=True)
+    if allowed and record:
         with open(workdir / "resumes.jsonl", "a") as f:
             f.write(json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "changed": allowed}) + "\n")
 

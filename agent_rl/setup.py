@@ -15,9 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from agent_rl import distributed
 from agent_rl import lora
 from agent_rl import model as model_lib
 from agent_rl import rollout
+from agent_rl import sharding
 from agent_rl import tokenizer as tok_lib
 from sandbox import catalogue
 from sandbox import compile as compile_lib
@@ -130,9 +132,10 @@ def batch_indices(seed: int, step: int, n: int, size: int) -> np.ndarray:
     return np.asarray(out, np.int32)
 
 
-def demonstrations(cfg, s: Setup, key) -> rollout.Trajectory:
+def demonstrations(cfg, s: Setup, key, mesh=None) -> rollout.Trajectory:
     """The SFT set: one scripted episode per train scenario, its policy drawn from `cfg.sft.mixture`, rendered
-    through the rollout's token path in large batches once (host arrays [N_train, P + T], env state dropped)."""
+    through the rollout's token path in large batches once (host arrays [N_train, P + T], env state dropped). With
+    `mesh`, each batch's episodes are split over its data axes (on several processes, each renders its share)."""
     names = list(cfg.sft.mixture.keys())
     unknown = [k for k in names if k not in T.POLICIES]
     if unknown:
@@ -141,15 +144,20 @@ def demonstrations(cfg, s: Setup, key) -> rollout.Trajectory:
     n = s.train.prompt.shape[0]
     pid = np.asarray([T.POLICIES.index(k) for k in names], np.int32)[
         np.random.default_rng([cfg.seed, 0]).choice(len(names), size=n, p=probs / probs.sum())]
+    shards = 1 if mesh is None else sharding.batch_shards(mesh)
     chunks = []
     for i in range(0, n, 1024):
         idx = np.arange(i, min(i + 1024, n))
-        rows = rollout.trim_prompts(compile_lib.take(s.train, idx))
-        traj = rollout.scripted_episodes(jnp.asarray(pid[idx]), rows, s.vocab, jax.random.fold_in(key, i),
-                                         s.env_params, max_new_tokens=s.env_params.max_tokens)
-        traj = traj._replace(env_state=None)
+        keep = idx.size
+        idx = np.pad(idx, (0, -keep % shards), mode="edge")  # an equal share per device; the copies are dropped
+        rows, ids = rollout.trim_prompts(compile_lib.take(s.train, idx)), jnp.asarray(pid[idx])
+        if mesh is not None:
+            rows, ids = sharding.shard_batch((rows, ids), mesh)
+        traj = rollout.scripted_episodes(ids, rows, s.vocab, jax.random.fold_in(key, i), s.env_params,
+                                         max_new_tokens=s.env_params.max_tokens)
+        traj = distributed.host(traj._replace(env_state=None))
         width = s.train.prompt.shape[1] + s.env_params.max_tokens  # chunks may have trimmed different prompt widths
-        chunks.append(jax.tree.map(lambda x: np.pad(np.asarray(x), ((0, 0), (width - x.shape[1], 0))), traj))
+        chunks.append(jax.tree.map(lambda x: np.pad(np.asarray(x)[:keep], ((0, 0), (width - x.shape[1], 0))), traj))
     return jax.tree.map(lambda *xs: np.concatenate(xs), *chunks)
 
 

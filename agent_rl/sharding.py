@@ -16,7 +16,8 @@ Usage::
       loss = jax.jit(loss_fn)(nnx.state(model), shard_batch(batch, mesh))      # jax.jit is pjit
 
 All mesh axes are `AxisType.Auto`: placing parameters and inputs is enough, XLA propagates shardings through
-the jitted step.
+the jitted step. A mesh may span the devices of several processes (agent_rl.distributed): placing then transfers only
+each process's own shards.
 """
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
+
+from agent_rl import distributed
 
 AXES = ("data", "fsdp", "tensor")
 
@@ -106,7 +109,7 @@ def named_shardings(state: nnx.State, mesh: jax.sharding.Mesh, rules: Mapping[st
 
 def shard_state(state: nnx.State, mesh: jax.sharding.Mesh, rules: Mapping[str, Any] | None = None) -> nnx.State:
   """Place every array of `state` on the mesh according to its logical axes."""
-  return jax.device_put(state, named_shardings(state, mesh, rules))
+  return jax.tree.map(distributed.put, state, named_shardings(state, mesh, rules))
 
 
 def shard_model(model: nnx.Module, mesh: jax.sharding.Mesh, rules: Mapping[str, Any] | None = None):
@@ -130,6 +133,13 @@ def batch_sharding(mesh: jax.sharding.Mesh, ndim: int, rules: Mapping[str, Any] 
   return NamedSharding(mesh, logical_to_spec(("batch",) + (None,) * (ndim - 1), rules, mesh))
 
 
+def batch_shards(mesh: jax.sharding.Mesh, rules: Mapping[str, Any] | None = None) -> int:
+  """How many ways a batch splits on `mesh`: the product of the sizes of the mesh axes "batch" maps to."""
+  axes = logical_to_spec(("batch",), rules, mesh)[0]
+  return int(np.prod([mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes or ())]))
+
+
 def shard_batch(tree, mesh: jax.sharding.Mesh, rules: Mapping[str, Any] | None = None):
-  """device_put every array of a pytree with its leading axis as the batch axis."""
-  return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh, np.ndim(x), rules)), tree)
+  """Place every array of a pytree with its leading axis as the batch axis. Every process passes the whole batch;
+  on a mesh over several processes each transfers only its contiguous share of the rows."""
+  return jax.tree.map(lambda x: distributed.put_rows(x, batch_sharding(mesh, np.ndim(x), rules)), tree)
