@@ -7,6 +7,9 @@ policy, print the base-vs-aligned table, write `final_metrics.json` and a plot.
 Determinism and resumption: every random draw comes from `fold_in(seed key, global step)` and the data position
 is a function of the step, so a run resumed from its last checkpoint continues exactly as an uninterrupted run.
 Global steps count SFT steps first (1..sft.steps), then GRPO steps.
+
+Several processes (agent_rl.distributed): every process runs this same loop on the global mesh, with the same
+seeds and data positions, and takes part in checkpointing; process 0 alone writes the run's files.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from agent_rl import checkpoint as ckpt
+from agent_rl import distributed
 from agent_rl import evaluation
 from agent_rl import grpo
 from agent_rl import lora
@@ -28,7 +32,7 @@ from agent_rl import run_config
 from agent_rl import setup as setup_lib
 from agent_rl import sharding
 from agent_rl import steps
-from agent_rl.metrics_log import MetricsLogger, progress
+from agent_rl.metrics_log import MetricsLogger, NullLogger, progress
 from sandbox import compile as compile_lib
 from sandbox import metrics as sandbox_metrics
 
@@ -37,20 +41,25 @@ def train(cfg) -> dict[str, dict[str, float]]:
     """Run (or resume) the job the config names; returns {"base": metrics, "aligned": metrics} on heldout."""
     run_config.validate(cfg)  # every rule, before anything is written
     workdir = pathlib.Path(cfg.workdir)
-    run_config.check_resume(cfg, workdir)  # a resumed run is the run its checkpoints came from
+    primary = distributed.is_primary()  # the process that writes the run's files (every process computes)
+    run_config.check_resume(cfg, workdir, record=primary)  # a resumed run is the run its checkpoints came from
     t_start = time.time()
     try:
+        if primary:  # a GGUF model is imported into model.hf_dir by one process, before any process reads it
+            setup_lib.import_model(cfg)
+        distributed.barrier("import_model")  # (and every process has read the saved config.json before it is written)
         s = setup_lib.make_setup(cfg)
     except (ValueError, OSError) as e:  # scenarios that do not fit shapes, an unreadable tokenizer or model dir
         raise run_config.ConfigError(f"set-up: {e}") from e
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(cfg.to_json(indent=2))
+    if primary:
+        (workdir / "config.json").write_text(cfg.to_json(indent=2))
     print(f"tokenizer vocab {s.tokenizer.vocab_size}; scenarios: {s.train.prompt.shape[0]} train, "
           f"{s.heldout.prompt.shape[0]} heldout; prompt {s.train.prompt.shape[1]} tokens", flush=True)
     mesh = sharding.make_mesh(tuple(cfg.mesh.shape), tuple(cfg.mesh.axes))
     manager = ckpt.make_manager(workdir / "checkpoints", keep=cfg.checkpoint.keep, every=cfg.checkpoint.every,
                                 preserve=[cfg.sft.steps])  # the SFT base: checkpoint:DIR@STEP
-    bar = progress(total=cfg.sft.steps + cfg.grpo.steps, desc="train")
+    bar = progress(total=cfg.sft.steps + cfg.grpo.steps, desc="train", disable=not primary)
     try:
         with jax.set_mesh(mesh):
             return _train(cfg, s, mesh, workdir, t_start, manager, bar)
@@ -74,12 +83,13 @@ def _train(cfg, s: setup_lib.Setup, mesh, workdir: pathlib.Path, t_start: float,
     sft_steps, grpo_steps = cfg.sft.steps, cfg.grpo.steps
     sft_tx = steps.make_optimizer(cfg.sft.lr, cfg.sft.warmup, sft_steps, cfg.sft.weight_decay)
     grpo_tx = steps.make_optimizer(cfg.grpo.lr, cfg.grpo.warmup, grpo_steps, 0.0, cfg.grpo.max_grad_norm)
-    logger = MetricsLogger(workdir)
+    primary = distributed.is_primary()
+    logger = MetricsLogger(workdir) if primary else NullLogger()
 
     # Restore: the checkpoint's global step says which phase it belongs to (and so its optimizer's structure).
     # An unreadable checkpoint is moved aside (kept, not deleted) and the one before it is tried.
-    def target_for(st):
-        target = {"params": params, "opt_state": (sft_tx if st <= sft_steps else grpo_tx).init(params)}
+    def target_for(st):  # (jit: the optimizer's step count, too, is restored onto the mesh)
+        target = {"params": params, "opt_state": jax.jit((sft_tx if st <= sft_steps else grpo_tx).init)(params)}
         return {**target, "ref_params": params} if st > sft_steps else target
 
     step, meta, ref_params = 0, {}, None
@@ -90,6 +100,7 @@ def _train(cfg, s: setup_lib.Setup, mesh, workdir: pathlib.Path, t_start: float,
         print(f"resumed from {manager.directory} at step {step}", flush=True)
     else:
         opt_state = sft_tx.init(params)
+    step = distributed.agree(step, "the checkpoint step to resume from")
     logger.resume(step)  # a run killed before its first checkpoint starts its log afresh
 
     def save(step, state):
@@ -99,7 +110,7 @@ def _train(cfg, s: setup_lib.Setup, mesh, workdir: pathlib.Path, t_start: float,
     # SFT warm start on scripted demonstrations: mostly the capable-but-unsafe always_execute.
     bar.update(step)
     if step < sft_steps:
-        demos = setup_lib.demonstrations(cfg, s, jax.random.key(cfg.seed + 2))
+        demos = setup_lib.demonstrations(cfg, s, jax.random.key(cfg.seed + 2), mesh)
     dropout_key = jax.random.key(cfg.seed + 3)  # LoRA dropout in SFT (if any)
     while step < sft_steps:
         idx = setup_lib.batch_indices(cfg.data.seed, step, demos.tokens.shape[0], cfg.sft.batch_size)
@@ -117,7 +128,8 @@ def _train(cfg, s: setup_lib.Setup, mesh, workdir: pathlib.Path, t_start: float,
         save(step, {"params": params, "opt_state": opt_state})
     if "base" not in meta:  # no SFT phase: the base is the initial model
         meta["base"], meta["iid_base"] = evaluate(params)
-    (workdir / "base_metrics.json").write_text(json.dumps(meta["base"], indent=2))
+    if primary:
+        (workdir / "base_metrics.json").write_text(json.dumps(meta["base"], indent=2))
     if ref_params is None:
         ref_params = jax.tree.map(jnp.copy, params)  # the frozen reference policy for the KL term
         opt_state = grpo_tx.init(params)
@@ -147,8 +159,9 @@ def _train(cfg, s: setup_lib.Setup, mesh, workdir: pathlib.Path, t_start: float,
     final = {"base": meta["base"], "aligned": meta["aligned"]}
     if meta.get("iid_base") is not None:
         final["iid"] = {"base": meta["iid_base"], "aligned": meta["iid_aligned"]}
-    (workdir / "final_metrics.json").write_text(json.dumps(final, indent=2))
-    evaluation.plot(workdir)
+    if primary:
+        (workdir / "final_metrics.json").write_text(json.dumps(final, indent=2))
+        evaluation.plot(workdir)
     print(evaluation.final_table(final["base"], final["aligned"], final.get("iid")))
     print(f"wall time {time.time() - t_start:.0f} s; workdir {workdir}", flush=True)
     return final
@@ -167,7 +180,8 @@ def grpo_step(cfg, s: setup_lib.Setup, graphdef, params, opt_state, ref_params, 
     traj = rollout.sample_episodes(graphdef, lora.full_state(params, frozen), batch, s.vocab, k_roll, s.env_params,
                                    cfg.grpo.temperature, max_new_tokens=s.env_params.max_tokens)
     outcome, reward, comps = steps.score(cfg.reward, traj.env_state, batch)
-    update_batch = rollout.trim(traj)._replace(env_state=None)  # the update reads tokens, not env state
+    # The update reads tokens, not env state; every process trims the whole batch (its width is the longest row's).
+    update_batch = rollout.trim(distributed.host(traj._replace(env_state=None)))
     adv = grpo.group_advantages(reward.reshape(n_sc, g), cfg.grpo.adv_mode, cfg.grpo.adv_eps).reshape(-1)
     if not bool(jnp.any(adv != 0)):  # every group's rewards tie: this update changes nothing
         print(f"warning: GRPO step {step + 1}: every group's rewards are equal, so every advantage is 0 and "
@@ -180,7 +194,6 @@ def grpo_step(cfg, s: setup_lib.Setup, graphdef, params, opt_state, ref_params, 
     # Episode tokens (generated + inserted) per second of the whole step: rollout, scoring and update.
     m["tokens_per_s"] = float(traj.valid[:, batch.prompt.shape[1]:].sum()) / (time.time() - t0)
     m["policy_tokens"] = float(traj.policy_mask.sum())
-    o = jax.tree.map(np.asarray, outcome)
-    m.update({f"train/{k}": v for k, v in sandbox_metrics.summarize(o, np.asarray(batch.user_kind),
-                                                                     np.asarray(batch.tool_kind)).items()})
+    o, user_kind, tool_kind = jax.tree.map(np.asarray, distributed.host((outcome, batch.user_kind, batch.tool_kind)))
+    m.update({f"train/{k}": v for k, v in sandbox_metrics.summarize(o, user_kind, tool_kind).items()})
     return params, opt_state, m

@@ -8,13 +8,17 @@
 Suites: the keys of `agent_rl.evals.SUITES` (injecagent, bfcl, agent_safetybench, sandbox).
 Policies: see `agent_rl.evals.policies` (oracle, always_execute, always_refuse, always_check, replay:FILE, and the
 registered model policies). Benchmark data: --data_dir or $AGENT_RL_BENCHDATA.
+
+Several processes (launch/train.py's flags: --coordinator_address, --num_processes, --process_id, or none in a
+detected TPU pod / SLURM / Open MPI job): every process evaluates the whole suite on its own devices, process 0 prints
+and writes.
 """
 from __future__ import annotations
 
 from absl import flags, logging
 from ml_collections import config_flags
 
-from agent_rl import cli, evals
+from agent_rl import cli, distributed, evals
 from agent_rl.evals import common
 
 FLAGS = flags.FLAGS
@@ -36,11 +40,13 @@ flags.DEFINE_integer("show_failures", 20, "bfcl with a replay policy: how many f
 flags.DEFINE_float("lora_scale", 1.0, "checkpoint: of a LoRA run: scale its adapters (0 = the base model, 1 = as "
                    "trained; values between and above are allowed): the safety / utility knob")
 config_flags.DEFINE_config_file("config", None, "ml_collections config passed to model policies", lock_config=False)
+distributed.define_flags()
 
 
 def main(argv):
     del argv
     logging.set_verbosity(logging.WARNING)  # checkpoint restores log every step at INFO
+    distributed.initialize_from_flags()  # before any JAX computation; nothing on one machine outside a cluster
     if FLAGS.suite not in evals.SUITES:
         cli.fail(f"--suite: unknown suite {FLAGS.suite!r}; registered: {sorted(evals.SUITES)}")
     if FLAGS.limit < 0 or FLAGS.safety_k < 0:
@@ -57,6 +63,8 @@ def main(argv):
         print(f"\n{len(details)} failing case(s)" + (":" if details else ""))
         for f in details[:FLAGS.show_failures]:
             print(f"- {f['id']} [{f['category']}] {f['error_type']}: {f['message']}")
+    if not distributed.is_primary():  # every process computed the same metrics; one writes them
+        return
     common.write_results(FLAGS.out, metrics)
     if FLAGS.details_out:
         common.write_jsonl(FLAGS.details_out, details)
