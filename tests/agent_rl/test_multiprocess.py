@@ -1,0 +1,194 @@
+"""Multi-process training on one machine: 2 processes x 4 CPU devices, joined by jax.distributed over the loopback
+address, train the micro config (SFT and GRPO steps, evaluations, checkpoints) to the results of 1 process x 8
+devices and of 1 process x 1 device; only process 0 writes; killing both processes mid-run and re-running resumes; a
+missing peer is one error line.
+
+Tolerance. The final metrics (rates of discrete outcomes of greedy episodes) must be equal, and so must every
+per-step count and rate in metrics.jsonl. Losses and gradient norms may differ in their last bits: with the batch
+split 8 ways and parameters sharded over fsdp, sums are taken per shard and then all-reduced, in another order than
+on one device. They are compared with a relative tolerance of 1e-5: float32 rounding, accumulated over 6 steps, is
+~1e-7 here (2 ulps), while a wrong share of a batch or a missing all-reduce moves a loss by 1e-2 or more.
+
+CI time: every run here compiles at XLA's lowest backend optimisation level (alike for all, so the comparison holds;
+compiling is most of a cold micro run and this halves it), leaves out the iid split (the same evaluation code as
+heldout, at half the evaluation cost), and the four processes run at the same time. Cross-process collectives (gloo
+over TCP) cost milliseconds each, which the rollout's per-token loop feels: the 2 x 4 run is the slowest.
+"""
+import json
+import math
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from agent_rl import distributed
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+MESH = "--config.mesh.shape=(4,2,1)"  # data 4 x fsdp 2: batches split 8 ways, parameters sharded over fsdp
+RTOL = 1e-5
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+TIMEOUT = 900
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cmd(workdir, cache, *extra):
+    return [sys.executable, str(ROOT / "launch" / "train.py"), "--config", str(ROOT / "configs" / "micro.py"),
+            f"--config.workdir={workdir}", f"--config.tokenizer.cache_dir={cache}", "--config.data.n_iid=0", *extra]
+
+
+def _start(cmd, devices: int, log: pathlib.Path) -> subprocess.Popen:
+    """`cmd` on `devices` host CPU devices, stdout and stderr to <log>.out and <log>.err."""
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}",
+           "JAX_PLATFORMS": "cpu"}
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(f"{log}.out", "w"), stderr=open(f"{log}.err", "w"))
+
+
+def _cluster(workdir, cache, *extra, processes: int = 2, devices: int = 4) -> list[subprocess.Popen]:
+    port = _free_port()
+    return [_start(_cmd(workdir, cache, MESH, f"--coordinator_address=127.0.0.1:{port}",
+                        f"--num_processes={processes}", f"--process_id={i}", *extra), devices,
+                   f"{workdir}.p{i}") for i in range(processes)]
+
+
+def _finish(procs: list[subprocess.Popen], timeout: float = TIMEOUT) -> None:
+    deadline = time.time() + timeout
+    for p in procs:
+        try:
+            p.wait(max(deadline - time.time(), 1))
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise
+    for p in procs:
+        assert p.returncode == 0, f"{p.args}: exit {p.returncode}"
+
+
+def _read(path) -> str:
+    path = pathlib.Path(path)
+    return path.read_text() if path.exists() else ""
+
+
+def _records(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _close(a: dict, b: dict) -> list[str]:
+    """Keys of two metrics records that differ: numbers beyond RTOL, anything else at all (tokens_per_s aside)."""
+    bad = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if k == "tokens_per_s":
+            continue
+        if isinstance(x, float) and isinstance(y, float):
+            if not math.isclose(x, y, rel_tol=RTOL, abs_tol=1e-9):
+                bad.append(f"{k}: {x} vs {y}")
+        elif x != y:
+            bad.append(f"{k}: {x} vs {y}")
+    return bad
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("tokenizer")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, cache):
+    """{"1x1", "1x8", "2x4"}: workdirs of the micro run on each layout, run at the same time."""
+    base = tmp_path_factory.mktemp("layouts")
+    dirs = {name: base / name for name in ("1x1", "1x8", "2x4")}
+    procs = {"2x4": _cluster(dirs["2x4"], cache), "1x8": [_start(_cmd(dirs["1x8"], cache, MESH), 8, base / "1x8")],
+             "1x1": [_start(_cmd(dirs["1x1"], cache), 1, base / "1x1")]}
+    for name, ps in procs.items():
+        try:
+            _finish(ps)
+        except AssertionError:
+            errs = [_read(f"{base / name}.err")] + [_read(f"{base / name}.p{i}.err") for i in range(2)]
+            raise AssertionError(f"{name} failed:\n" + "\n".join(e[-3000:] for e in errs if e))
+    return dirs
+
+
+def test_two_processes_match_one_process_of_eight_and_of_one_device(runs):
+    final = {name: json.loads((d / "final_metrics.json").read_text()) for name, d in runs.items()}
+    assert final["2x4"] == final["1x8"] == final["1x1"]
+    logs = {name: _records(d) for name, d in runs.items()}
+    assert [r["step"] for r in logs["2x4"]] == list(range(1, 7))  # 4 SFT + 2 GRPO steps, each logged once
+    for other in ("1x8", "1x1"):
+        for a, b in zip(logs["2x4"], logs[other], strict=True):
+            assert not _close(a, b), (other, a["step"], _close(a, b))
+    assert sorted(int(p.name) for p in (runs["2x4"] / "checkpoints").iterdir() if p.name.isdigit()) == [4, 6]
+
+
+def test_only_process_zero_prints_and_writes(runs):
+    out0, out1 = (_read(f"{runs['2x4']}.p{i}.out") for i in (0, 1))
+    assert "distributed: 2 processes, 8 devices, 4 per process" in out0
+    assert "| metric | heldout base (SFT) |" in out0 and "wall time" in out0
+    assert out1.strip() == ""  # process 1's stdout, Python's and native code's, is dropped
+    assert (runs["2x4"] / "safety_utility.png").stat().st_size > 1000
+    assert json.loads((runs["2x4"] / "config.json").read_text())["mesh"]["shape"] == [4, 2, 1]
+
+
+@pytest.mark.slow  # ~2 more minutes of the slowest layout
+def test_resume_after_killing_both_processes(runs, cache, tmp_path):
+    workdir = tmp_path / "killed"
+    procs = _cluster(workdir, cache)
+    deadline = time.time() + TIMEOUT
+    while not (workdir / "checkpoints" / "2").is_dir():  # orbax renames a checkpoint into place when it is done
+        assert all(p.poll() is None for p in procs), _read(f"{workdir}.p0.err")[-3000:]
+        assert time.time() < deadline
+        time.sleep(0.2)
+    for p in procs:
+        os.kill(p.pid, signal.SIGKILL)
+    for p in procs:
+        p.wait()
+    assert not (workdir / "final_metrics.json").exists()
+    procs = _cluster(workdir, cache)
+    try:
+        _finish(procs)
+    except AssertionError:
+        raise AssertionError(_read(f"{workdir}.p0.err")[-3000:] + _read(f"{workdir}.p1.err")[-3000:])
+    assert "resumed from" in _read(f"{workdir}.p0.out") and "at step 2" in _read(f"{workdir}.p0.out")
+    assert json.loads((workdir / "final_metrics.json").read_text()) == \
+        json.loads((runs["2x4"] / "final_metrics.json").read_text())
+    for a, b in zip(_records(workdir), _records(runs["2x4"]), strict=True):
+        assert not _close(a, b), (a["step"], _close(a, b))
+
+
+def test_a_missing_process_is_one_error_line_within_the_timeout(cache, tmp_path):
+    """Process 0 of 2 started alone: it waits --distributed_timeout seconds for process 1, then stops with one line."""
+    port = _free_port()
+    t0 = time.time()
+    out = subprocess.run(_cmd(tmp_path / "alone", cache, f"--coordinator_address=127.0.0.1:{port}",
+                              "--num_processes=2", "--process_id=0", "--distributed_timeout=3"),
+                         cwd=ROOT, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert time.time() - t0 < 60
+    lines = out.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: distributed: process 0 of 2: not every process connected to the "
+                                f"coordinator at 127.0.0.1:{port} within 3 s"), lines[-3:]
+    assert not (tmp_path / "alone" / "config.json").exists()
+
+
+def test_no_cluster_no_flags_initializes_nothing(monkeypatch):
+    for var in ("SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri", "KUBERNETES_SERVICE_HOST"):
+        monkeypatch.delenv(var, raising=False)
+    assert distributed.detected_cluster() is None
+    assert distributed.initialize() is False
+    slurm = {"SLURM_JOB_ID": "7", "SLURM_STEP_NODELIST": "node1", "SLURM_NTASKS": "1", "SLURM_PROCID": "0",
+             "SLURM_LOCALID": "0"}
+    for k, v in slurm.items():
+        monkeypatch.setenv(k, v)
+    assert distributed.detected_cluster() is None  # a SLURM job of one task is a one-process run
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    assert distributed.detected_cluster() == "SlurmCluster"
