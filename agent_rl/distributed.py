@@ -27,6 +27,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import warnings
 from typing import Any
 
 import jax
@@ -63,9 +64,11 @@ def detected_cluster() -> str | None:
     one process; None on a single machine, or a cluster of one process."""
     from jax._src import clusters  # JAX's own detectors, the ones jax.distributed.initialize() asks (jax is pinned)
 
-    for env in clusters.ClusterEnv._cluster_types:
-        if not env.opt_in_only_method and env.is_env_present():  # the first present one, as initialize() picks
-            return env.__name__ if env.get_process_count() > 1 else None
+    with warnings.catch_warnings():  # e.g. Kubernetes without its client package: not a cluster we could join
+        warnings.simplefilter("ignore")
+        for env in clusters.ClusterEnv._cluster_types:
+            if not env.opt_in_only_method and env.is_env_present():  # the first present one, as initialize() picks
+                return env.__name__ if env.get_process_count() > 1 else None
     return None
 
 
@@ -83,7 +86,7 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
     if not explicit and cluster is None:
         return False
     where = f"the coordinator at {coordinator_address}" if coordinator_address else "the cluster's coordinator"
-    who = f"process {process_id if process_id is not None else '?'} of {num_processes or '?'}"
+    who = f"process {process_id} of {num_processes}" if None not in (process_id, num_processes) else "this process"
     connected = threading.Event()
 
     def watchdog():  # the C++ client blocks with the GIL released; its own timeout (later) aborts with a trace
