@@ -154,22 +154,15 @@ def device_bytes(tree) -> int:
                  for x in jax.tree.leaves(tree)))
 
 
-def batch_ways(mesh) -> int:
-  """How many ways a batch's rows are split: the product of the mesh axes `batch` maps to."""
-  spec = sharding.logical_to_spec(("batch",), mesh=mesh)[0]
-  axes = (spec,) if isinstance(spec, str) else tuple(spec or ())
-  return math.prod(mesh.shape[a] for a in axes)
-
-
 def rows_per_device(rows: int, mesh) -> int:
   """Rows each device computes: its share when they split over the batch axes, else all of them (replicated)."""
-  ways = batch_ways(mesh)
+  ways = sharding.batch_shards(mesh)
   return rows // ways if rows % ways == 0 else rows
 
 
 def _batched(mesh, shape, dtype, warnings: list[str], what: str) -> jax.ShapeDtypeStruct:
   """[rows, ...] split over the batch axes, or replicated (with a warning) when the rows do not divide."""
-  ways = batch_ways(mesh)
+  ways = sharding.batch_shards(mesh)
   if shape[0] % ways:
     msg = f"{what}: {shape[0]} rows do not split {ways} ways; placed replicated"
     if msg not in warnings:
@@ -194,8 +187,8 @@ def compile_update(cfg, graphdef, params, frozen, mesh, warnings: list[str]):
   traj = rollout.Trajectory(row(jnp.int32), row(jnp.bool_), row(jnp.bool_), row(jnp.float32), None)
   adv = _batched(mesh, (n,), jnp.float32, warnings, "GRPO batch")
   key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=NamedSharding(mesh, PartitionSpec()))
-  if g.microbatch % batch_ways(mesh):
-    warnings.append(f"grpo.microbatch={g.microbatch} does not split {batch_ways(mesh)} ways: every device computes "
+  if g.microbatch % sharding.batch_shards(mesh):
+    warnings.append(f"grpo.microbatch={g.microbatch} does not split {sharding.batch_shards(mesh)} ways: every device computes "
                     "every row of a microbatch")
   hp = steps.GrpoHP.from_config(g)
   with jax.set_mesh(mesh):
