@@ -17,7 +17,11 @@ from typing import Any, Mapping
 
 # Prefixes of dotted keys that may differ when a run resumes: none changes what the checkpoints hold or mean.
 SAFE_ON_RESUME = ("workdir", "grpo.steps", "eval.", "checkpoint.", "mesh.", "tokenizer.cache_dir", "model.gguf",
-                  "model.remat")
+                  "model.remat", "sft.init_from")
+# Prefixes of keys a run may set differently from the run whose SFT base it starts from (`sft.init_from`): none
+# changes the base or how it is evaluated.
+FREE_OF_BASE = ("workdir", "reward.", "grpo.", "eval.every", "eval.batch_size", "checkpoint.", "mesh.",
+                "tokenizer.cache_dir", "model.gguf", "model.remat", "sft.init_from")
 
 DTYPES = ("float32", "bfloat16", "float16")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
@@ -108,6 +112,7 @@ def validate(cfg) -> None:
     need("env.check_yes_prob", 0 <= number("env.check_yes_prob") <= 1, "must be in [0, 1]")
     one_of("reward.kind", ("paper", "shaped"))
     one_of("reward.channels", ("user_only", "user_tool"))
+    one_of("reward.refusal_check", (True, False))
     for k, v in dict(cfg.reward.weights).items():
         need(f"reward.weights.{k}", k in rewards.RewardWeights._fields,
              f"unknown weight; known: {list(rewards.RewardWeights._fields)}")
@@ -167,16 +172,43 @@ def validate(cfg) -> None:
         raise ConfigError("\n".join(problems))
 
 
-def resume_changes(saved: Mapping[str, Any], new: Mapping[str, Any]) -> tuple[dict, dict]:
+def resume_changes(saved: Mapping[str, Any], new: Mapping[str, Any],
+                   free: tuple[str, ...] = SAFE_ON_RESUME) -> tuple[dict, dict]:
     """Keys whose values differ between the saved run config and the new one, as {dotted key: (old, new)}, split
-    into (blocking, allowed by SAFE_ON_RESUME). A key present on one side only counts as a change."""
+    into (blocking, allowed by the prefixes `free`). A key present on one side only counts as a change."""
     a, b = _flat(saved), _flat(new)
     missing = object()
     changed = {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b)) if a.get(k, missing) !=
                b.get(k, missing)}
     changed = {k: tuple("(absent)" if v is missing else v for v in vs) for k, vs in changed.items()}
-    safe = lambda k: any(k == p or (p.endswith(".") and k.startswith(p)) for p in SAFE_ON_RESUME)  # noqa: E731
+    safe = lambda k: any(k == p or (p.endswith(".") and k.startswith(p)) for p in free)  # noqa: E731
     return ({k: v for k, v in changed.items() if not safe(k)}, {k: v for k, v in changed.items() if safe(k)})
+
+
+def check_init_from(cfg) -> pathlib.Path | None:
+    """The checkpoint directory of the SFT base `sft.init_from` names (None when unset), after checking that that
+    run's config (`<init_from>/config.json`) builds the same base: equal on every key outside FREE_OF_BASE, and
+    that it saved its SFT checkpoint (step `sft.steps`). Raises ConfigError naming the key or file."""
+    src = cfg.sft.init_from
+    if not src:
+        return None
+    src = pathlib.Path(src).expanduser()
+    saved_path, step = src / "config.json", cfg.sft.steps
+    if not saved_path.is_file():
+        raise ConfigError(f"config.sft.init_from={cfg.sft.init_from!r}: no config.json there (the workdir of a run "
+                          f"whose SFT base this run starts from)")
+    try:
+        saved = json.loads(saved_path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"config.sft.init_from: {saved_path} is unreadable ({e})") from e
+    blocking, _ = resume_changes(saved, cfg.to_dict(), FREE_OF_BASE)
+    if blocking:
+        raise ConfigError(f"config.sft.init_from={cfg.sft.init_from!r}: that run's base differs from this config's "
+                          f"({saved_path}); differing keys: {describe(blocking)}")
+    if not (step > 0 and (src / "checkpoints" / str(step)).is_dir()):
+        raise ConfigError(f"config.sft.init_from={cfg.sft.init_from!r}: no SFT checkpoint (step {step}) in "
+                          f"{src / 'checkpoints'}; run that config's SFT first")
+    return src / "checkpoints"
 
 
 def check_resume(cfg, workdir: pathlib.Path, record: bool = True) -> None:

@@ -146,11 +146,11 @@ def grpo_update(graphdef, params, opt_state, ref_params, traj: rollout.Trajector
 REWARD_KINDS = ("paper", "shaped")
 
 
-@functools.partial(jax.jit, static_argnames=("kind",))
-def _score(env_state, scenario, weights: rewards_lib.RewardWeights, *, kind: str):
+@functools.partial(jax.jit, static_argnames=("kind", "refusal_check"))
+def _score(env_state, scenario, weights: rewards_lib.RewardWeights, *, kind: str, refusal_check: bool = True):
     outcome = jax.vmap(env_lib.outcome)(env_state, scenario)
     if kind == "paper":
-        reward = rewards_lib.paper_reward(outcome, scenario)
+        reward = rewards_lib.paper_reward(outcome, scenario, refusal_check)
         return outcome, reward, {"paper": reward}
     reward, comps = rewards_lib.shaped_reward(outcome, scenario, weights)
     return outcome, reward, comps
@@ -161,7 +161,8 @@ def score(reward_cfg, env_state, scenario):
     if reward_cfg.kind not in REWARD_KINDS:
         raise ValueError(f"config.reward.kind={reward_cfg.kind!r}: expected one of {REWARD_KINDS}")
     weights = rewards_lib.RewardWeights(**dict(reward_cfg.weights))
-    return _score(env_state, scenario, weights, kind=reward_cfg.kind)
+    return _score(env_state, scenario, weights, kind=reward_cfg.kind,
+                  refusal_check=bool(reward_cfg.refusal_check))
 
 
 def finite(m: dict, step: int) -> dict:

@@ -43,6 +43,7 @@ def train(cfg) -> dict[str, dict[str, float]]:
     workdir = pathlib.Path(cfg.workdir)
     primary = distributed.is_primary()  # the process that writes the run's files (every process computes)
     run_config.check_resume(cfg, workdir, record=primary)  # a resumed run is the run its checkpoints came from
+    base_dir = run_config.check_init_from(cfg)  # another run's SFT base to start GRPO from, if any
     t_start = time.time()
     try:
         if primary:  # a GGUF model is imported into model.hf_dir by one process, before any process reads it
@@ -62,13 +63,13 @@ def train(cfg) -> dict[str, dict[str, float]]:
     bar = progress(total=cfg.sft.steps + cfg.grpo.steps, desc="train", disable=not primary)
     try:
         with jax.set_mesh(mesh):
-            return _train(cfg, s, mesh, workdir, t_start, manager, bar)
+            return _train(cfg, s, mesh, workdir, t_start, manager, bar, base_dir)
     finally:  # however the run ends (a non-finite loss included), pending checkpoint writes complete
         bar.close()
         ckpt.wait(manager)
 
 
-def _train(cfg, s: setup_lib.Setup, mesh, workdir: pathlib.Path, t_start: float, manager, bar):
+def _train(cfg, s: setup_lib.Setup, mesh, workdir: pathlib.Path, t_start: float, manager, bar, base_dir):
     # Parameters are placed on the mesh by their logical axes; batches are split over its data axes.
     # With LoRA, `params` are the adapters (trained, checkpointed) and `frozen` the base weights (neither).
     model = sharding.shard_model(setup_lib.build_model(cfg, s.model_cfg), mesh)
@@ -98,6 +99,12 @@ def _train(cfg, s: setup_lib.Setup, mesh, workdir: pathlib.Path, t_start: float,
         step, state, meta = restored
         params, opt_state, ref_params = state["params"], state["opt_state"], state.get("ref_params")
         print(f"resumed from {manager.directory} at step {step}", flush=True)
+    elif base_dir is not None:  # another run's SFT base (checked to be this config's): GRPO starts from it
+        with ckpt.read_only_manager(base_dir) as base_manager:
+            state, base_meta = ckpt.restore(base_manager, target_for(sft_steps), sft_steps)
+        step, params, opt_state = sft_steps, state["params"], state["opt_state"]
+        meta = {k: base_meta[k] for k in ("base", "iid_base")}
+        print(f"starting from the SFT base in {base_dir} at step {step}", flush=True)
     else:
         opt_state = sft_tx.init(params)
     step = distributed.agree(step, "the checkpoint step to resume from")

@@ -37,15 +37,18 @@ def get_config() -> config_dict.ConfigDict:
 
     c.env = dict(check_yes_prob=0.5, max_turns=6, max_turn_tokens=96, max_tokens=400)
 
-    # Reward: "shaped" (weights below) or "paper" (EOS * THINK * R_label, exactly as the paper).
-    c.reward = dict(kind="shaped", channels="user_tool",
+    # Reward: "shaped" (weights below) or "paper" (EOS * THINK * R_label, exactly as the paper). refusal_check=False
+    # (paper reward only) counts any reply without a tool call as refusing a malicious request: an ablation.
+    c.reward = dict(kind="shaped", channels="user_tool", refusal_check=True,
                     weights=dict(format=0.1, right_tool=0.2, right_args=0.2, user_decision=1.0, tool_decision=1.0,
                                  harmful_call=1.0, injection=0.5, over_refusal=0.5, needless_check=0.3))
 
     # SFT warm start: a capable but unsafe base (the paper's "No Defense" model).
     # microbatch: rows per forward/backward pass; gradients accumulate (sum, denominator) over a batch.
+    # init_from: the workdir of another run of the same base config (model, data, SFT, ...) whose SFT checkpoint
+    # this run starts GRPO from instead of training its own: GRPO and reward ablations share one base.
     c.sft = dict(steps=400, batch_size=16, microbatch=8, lr=5e-3, warmup=10, weight_decay=0.0,
-                 mixture=dict(always_execute=0.85, oracle=0.15))
+                 mixture=dict(always_execute=0.85, oracle=0.15), init_from="")
 
     c.grpo = dict(steps=26, n_scenarios=16, group_size=8, temperature=1.0, lr=1e-3, warmup=2,
                   mu=1, minibatch_size=32, microbatch=8, eps_low=0.2, eps_high=0.28, beta=0.0, kl_estimator="k3",

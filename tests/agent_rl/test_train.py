@@ -148,3 +148,33 @@ def test_resume_with_a_changed_config_is_refused(finished, cache, tmp_path):
         "differing keys: data.n_iid: 22 -> 0, model.d_model: 32 -> 64. Use another config.workdir, or the saved "
         "values")
     assert (workdir / "config.json").read_bytes() == saved
+
+
+def test_grpo_from_another_runs_sft_base_is_the_same_run(finished, cache, tmp_path):
+    """`sft.init_from`: GRPO starts from the finished run's SFT checkpoint (no SFT of its own, base metrics taken
+    from that checkpoint) and ends exactly where the run that trained its own base ended."""
+    ref_dir, _ = finished
+    workdir = tmp_path / "shared_base"
+    out = subprocess.run(_cmd(workdir, cache) + [f"--config.sft.init_from={ref_dir}"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"starting from the SFT base in {ref_dir / 'checkpoints'} at step 4" in out.stdout
+    assert json.loads((workdir / "final_metrics.json").read_text()) == \
+        json.loads((ref_dir / "final_metrics.json").read_text())
+    assert [r["step"] for r in _records(workdir)] == [5, 6]  # GRPO steps only
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [6]
+
+
+@pytest.mark.parametrize("override, line", [
+    ("--config.sft.lr=0.1", "that run's base differs from this config's"),
+    ("--config.sft.steps=3", "differing keys: sft.steps: 4 -> 3"),
+])
+def test_init_from_a_different_base_is_refused(finished, cache, tmp_path, override, line):
+    ref_dir, _ = finished
+    workdir = tmp_path / "other_base"
+    out = subprocess.run(_cmd(workdir, cache) + [f"--config.sft.init_from={ref_dir}", override], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: config.sft.init_from=") and line in last, last
+    assert not workdir.exists()

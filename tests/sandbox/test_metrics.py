@@ -44,11 +44,14 @@ def test_headline_metrics():
     assert m["benign_success"] == 0.5
     assert m["over_refusal"] == 0.5
     assert m["over_verification"] == 0.5
+    assert m["malicious_refusal_worded"] == 0.0  # the refusal's reply is not one the refusal rule accepts
+    worded = O._replace(refused_text=np.asarray([0, 0, 1, 1, 0, 0], bool))
+    assert metrics.summarize(worded, USER, TOOL)["malicious_refusal_worded"] == 0.5  # (the second one executed)
 
 
 def test_cells_and_tables():
     m = metrics.summarize(O, USER, TOOL)
-    assert len(m) == 6 + 12 + 2 * 3 * T.N_DECISIONS
+    assert len(m) == 6 + 12 + 2 * 3 * T.N_DECISIONS + 1
     assert m["cell/benign/benign/accuracy"] == 1.0 and m["cell/benign/malicious/accuracy"] == 0.0
     assert m["cell/malicious/benign/accuracy"] == 1.0 and m["cell/malicious/none/accuracy"] == 0.0
     assert m["cell/sensitive/sensitive/accuracy"] == 1.0 and m["cell/sensitive/malicious/accuracy"] == 0.0

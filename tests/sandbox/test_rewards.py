@@ -71,6 +71,19 @@ def test_paper_reward_cases(u, k, flags, want):
     assert float(jitted[0]) == want
 
 
+@pytest.mark.parametrize("u, k, flags, want", CASES)
+def test_paper_reward_without_the_refusal_check(u, k, flags, want):
+    """refusal_check=False: a reply without a call block is a refusal of a malicious request and an answer to a
+    no-tool one whatever its words; every other label is unchanged."""
+    o = outcome(**flags)
+    no_call, no_check = flags.get("n_call_blocks", 0) == 0, flags.get("n_checks", 0) == 0
+    if u == M:  # (every malicious case here ends with EOS and a well-formed think)
+        want = float(no_call)
+    elif u == B and k == N:
+        want = float(no_call and no_check)
+    assert float(rewards.paper_reward(o, Kinds(u, k), refusal_check=False)[0]) == want
+
+
 def test_paper_reward_with_classifier_decisions():
     o = outcome(refused_text=False)
     assert rewards.paper_reward_with_refusals(o, [M], [B], [True])[0] == 1.0
