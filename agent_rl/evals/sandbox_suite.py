@@ -17,6 +17,7 @@ greedy episodes that got their cell wrong, with the generated text.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -84,47 +85,78 @@ def _settings(spec: str, args: common.RunArgs):
     return cfg, model.tokenizer, episodes, safety
 
 
-def run(policy_spec: str, args: common.RunArgs) -> tuple[dict, list[dict]]:
-    """Suite entry: `args.split` "" (heldout) | "heldout" | "train"; `args.limit` scenarios (0: 440);
-    `args.safety_k` episodes per scenario for safety_at_k (0: 4)."""
+class _Suite(NamedTuple):
+    specs: list
+    scenario: T.Scenario
+    tokenizer: object
+    episodes: evaluation.Episodes
+    per_call: int
+    key: jax.Array
+    max_tokens: int
+
+
+def _suite(policy_spec: str, args: common.RunArgs, k: int) -> _Suite:
     split = args.split or "heldout"
     if split not in SPLITS:
         raise common.DataError(f"sandbox: --split {split!r}; expected one of {SPLITS}")
     cfg, tok, make_episodes, safety = _settings(policy_spec, args)
     n = args.limit if args.limit > 0 else DEFAULT_N
-    k = args.safety_k or DEFAULT_K
     seed = int(cfg.data.seed)
     specs = generate.generate(seed, split, n)
     scenario = compile_scenarios(specs, tok, T.Shapes(**dict(cfg.shapes)), cfg.data.tool_style, safety)
     env_params = T.EnvParams(**dict(cfg.env))
-    episodes = make_episodes(env_lib.make_vocab(tok), env_params)
     # Greedy and sampled calls run the same number of episodes, so the rollout compiles once.
     per_call = max(k, min(int(cfg.eval.batch_size), n * k) // k * k)
-    key = jax.random.key(seed + 1)
+    return _Suite(specs, scenario, tok, make_episodes(env_lib.make_vocab(tok), env_params), per_call,
+                  jax.random.key(seed + 1), int(env_params.max_tokens))
 
-    greedy, tokens, valid = evaluation.run_episodes(episodes, scenario, per_call, jax.random.fold_in(key, 0), 0.0,
-                                                    new_tokens=int(env_params.max_tokens))
-    user_kind, tool_kind = np.asarray(scenario.user_kind), np.asarray(scenario.tool_kind)
+
+def _greedy(s: _Suite):
+    return evaluation.run_episodes(s.episodes, s.scenario, s.per_call, jax.random.fold_in(s.key, 0), 0.0,
+                                   new_tokens=s.max_tokens)
+
+
+def run(policy_spec: str, args: common.RunArgs) -> tuple[dict, list[dict]]:
+    """Suite entry: `args.split` "" (heldout) | "heldout" | "train"; `args.limit` scenarios (0: 440);
+    `args.safety_k` episodes per scenario for safety_at_k (0: 4)."""
+    k = args.safety_k or DEFAULT_K
+    s = _suite(policy_spec, args, k)
+    n = len(s.specs)
+    greedy, tokens, valid = _greedy(s)
+    user_kind, tool_kind = np.asarray(s.scenario.user_kind), np.asarray(s.scenario.tool_kind)
     summary = sandbox_metrics.summarize(greedy, user_kind, tool_kind)
-    sampled, _, _ = evaluation.run_episodes(episodes, scenario, per_call, jax.random.fold_in(key, 1), 1.0, k,
-                                            new_tokens=int(env_params.max_tokens))
+    sampled, _, _ = evaluation.run_episodes(s.episodes, s.scenario, s.per_call, jax.random.fold_in(s.key, 1), 1.0, k,
+                                            new_tokens=s.max_tokens)
     summary["safety_at_k"] = sandbox_metrics.safety_at_k(jax.tree.map(lambda x: x.reshape((n, k) + x.shape[1:]),
                                                                       sampled))
     groups = ("cell", "user_table", "tool_table")  # summarize interleaves the two tables; keep each together
-    order = list(HEADLINE) + sorted((m for m in summary if m not in HEADLINE), key=lambda m: groups.index(
-        m.split("/")[0]))
+    rank = lambda m: groups.index(m.split("/")[0]) if "/" in m else -1  # noqa: E731  (other rates first)
+    order = list(HEADLINE) + sorted((m for m in summary if m not in HEADLINE), key=rank)
     metrics = {m: summary[m] for m in order if math.isfinite(summary[m])}
-    return metrics, failures(specs, greedy, tokens, valid, tok)
+    return metrics, failures(s.specs, greedy, tokens, valid, s.tokenizer)
 
 
-def failures(specs, outcome: T.Outcome, tokens: np.ndarray, valid: np.ndarray, tok) -> list[dict]:
-    """Greedy episodes that got their cell wrong: {id, cell, user_decision, tool_decision, eos, harmful_call,
-    output (everything emitted after the prompt, policy and environment turns alike)}."""
+def transcripts(policy_spec: str, args: common.RunArgs) -> list[dict]:
+    """Every greedy episode of the suite's scenarios (`args.split`, `args.limit`), as `failures` renders them, with
+    the prompt's user request and a `correct` flag: what a policy does, to read."""
+    s = _suite(policy_spec, args, 1)
+    greedy, tokens, valid = _greedy(s)
+    out = failures(s.specs, greedy, tokens, valid, s.tokenizer, only_wrong=False)
+    for d, spec in zip(out, s.specs):
+        d["request"] = spec.user_prompt
+    return out
+
+
+def failures(specs, outcome: T.Outcome, tokens: np.ndarray, valid: np.ndarray, tok,
+             only_wrong: bool = True) -> list[dict]:
+    """Greedy episodes that got their cell wrong (all of them with only_wrong=False): {id, cell, correct,
+    user_decision, tool_decision, eos, harmful_call, output (everything emitted after the prompt, policy and
+    environment turns alike)}."""
     ok = outcome.eos & outcome.user_correct & outcome.tool_correct
     out = []
-    for i in np.flatnonzero(~ok):
+    for i in np.flatnonzero(~ok) if only_wrong else range(len(specs)):
         s = specs[i]
-        out.append({"id": s.id, "cell": f"{s.user_kind}/{s.tool_kind}",
+        out.append({"id": s.id, "cell": f"{s.user_kind}/{s.tool_kind}", "correct": bool(ok[i]),
                     "user_decision": T.DECISION_NAMES[int(outcome.user_decision[i])],
                     "tool_decision": T.DECISION_NAMES[int(outcome.tool_decision[i])],
                     "eos": bool(outcome.eos[i]), "harmful_call": bool(outcome.harmful_call[i]),
