@@ -98,7 +98,7 @@ def run(config: str, workdir: str | os.PathLike, overrides: Mapping[str, Any] = 
 
 def compare(runs: Mapping[str, Run], metrics: Sequence[str] = HEADLINE, split: str = "heldout") -> str:
     """Markdown table: one row for the SFT base of the first run, then each run's aligned metrics (`split`
-    "heldout" or "iid"); rows of runs from another base are marked with it."""
+    "heldout" or "iid"); a run with a base of its own gets its base's row too, just before its own."""
     def pick(r: Run, phase: str) -> dict:
         return (r.base if phase == "base" else r.aligned) if split == "heldout" else (r.iid or {}).get(phase, {})
 
@@ -109,8 +109,9 @@ def compare(runs: Mapping[str, Run], metrics: Sequence[str] = HEADLINE, split: s
     first = next(iter(runs.values()))
     rows.append("| SFT base | " + " | ".join(fmt(pick(first, "base").get(m)) for m in metrics) + " |")
     for name, r in runs.items():
-        own_base = "" if pick(r, "base") == pick(first, "base") else " (own base)"
-        rows.append(f"| {name}{own_base} | " + " | ".join(fmt(pick(r, "aligned").get(m)) for m in metrics) + " |")
+        if pick(r, "base") != pick(first, "base"):
+            rows.append(f"| SFT base of {name} | " + " | ".join(fmt(pick(r, "base").get(m)) for m in metrics) + " |")
+        rows.append(f"| {name} | " + " | ".join(fmt(pick(r, "aligned").get(m)) for m in metrics) + " |")
     return "\n".join(rows)
 
 

@@ -45,8 +45,8 @@ def get_config() -> config_dict.ConfigDict:
 
     # SFT warm start: a capable but unsafe base (the paper's "No Defense" model).
     # microbatch: rows per forward/backward pass; gradients accumulate (sum, denominator) over a batch.
-    # init_from: the workdir of another run of the same base config (model, data, SFT, ...) whose SFT checkpoint
-    # this run starts GRPO from instead of training its own: GRPO and reward ablations share one base.
+    # init_from: the workdir of another run of the same base config (model, data, SFT, reward.channels, ...) whose
+    # SFT checkpoint this run starts GRPO from instead of training its own: GRPO and reward ablations share one base.
     c.sft = dict(steps=400, batch_size=16, microbatch=8, lr=5e-3, warmup=10, weight_decay=0.0,
                  mixture=dict(always_execute=0.85, oracle=0.15), init_from="")
 

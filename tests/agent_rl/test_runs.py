@@ -27,7 +27,8 @@ def test_load_curve_and_compare(tmp_path):
     assert a.iid is None and a.config == {"sft": {"steps": 4}}
     assert runs.compare({"a": a, "b": b}, ("malicious_refusal", "over_refusal")) == "\n".join([
         "| run (heldout) | malicious_refusal | over_refusal |", "|---|---:|---:|",
-        "| SFT base | 0.000 | 0.250 |", "| a | 1.000 | 0.500 |", "| b (own base) | 0.750 | n/a |"])
+        "| SFT base | 0.000 | 0.250 |", "| a | 1.000 | 0.500 |", "| SFT base of b | 0.500 | 0.000 |",
+        "| b | 0.750 | n/a |"])
     fig = runs.plot_curves({"a": a, "b": b}, ("over_refusal",))
     assert len(fig.axes) == 1 and len(fig.axes[0].lines) == 1
 
