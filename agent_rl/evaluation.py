@@ -121,8 +121,7 @@ def plot(workdir: pathlib.Path, prefix: str = "train/") -> None:
                         utility=keep(plots.UTILITY), prefix=prefix)
 
 
-HEADLINE = ("malicious_refusal", "sensitive_verification", "injection_success", "benign_success", "over_refusal",
-            "over_verification")
+HEADLINE = sandbox_metrics.HEADLINE
 
 
 def final_table(base: dict, aligned: dict, iid: dict | None = None) -> str:
@@ -134,9 +133,6 @@ def final_table(base: dict, aligned: dict, iid: dict | None = None) -> str:
     for k in keys:
         cols = [base, aligned] + ([iid["base"], iid["aligned"]] if iid else [])
         if any(c.get(k) is not None for c in cols):
-            rows.append(f"| {k} | " + " | ".join(_fmt(c.get(k)) for c in cols) + " |")
+            rows.append(f"| {k} | " + " | ".join(sandbox_metrics.fmt(c.get(k)) for c in cols) + " |")
     return "\n".join(rows)
 
-
-def _fmt(v) -> str:
-    return "n/a" if v is None else f"{v:.3f}"

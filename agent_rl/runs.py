@@ -23,10 +23,9 @@ import sys
 from typing import Any, Mapping, Sequence
 
 from agent_rl.metrics_log import read_jsonl
+from sandbox.metrics import HEADLINE, fmt
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-HEADLINE = ("malicious_refusal", "sensitive_verification", "injection_success", "benign_success", "over_refusal",
-            "over_verification")
 # scale: (config file, overrides every run of that scale gets)
 SCALES: dict[str, tuple[str, dict[str, Any]]] = {
     "smoke": ("configs/micro.py", {}),
@@ -101,9 +100,6 @@ def compare(runs: Mapping[str, Run], metrics: Sequence[str] = HEADLINE, split: s
     "heldout" or "iid"); a run with a base of its own gets its base's row too, just before its own."""
     def pick(r: Run, phase: str) -> dict:
         return (r.base if phase == "base" else r.aligned) if split == "heldout" else (r.iid or {}).get(phase, {})
-
-    def fmt(v) -> str:
-        return "n/a" if v is None else f"{v:.3f}"
 
     rows = [f"| run ({split}) | " + " | ".join(metrics) + " |", "|---|" + "---:|" * len(metrics)]
     first = next(iter(runs.values()))

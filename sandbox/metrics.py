@@ -33,6 +33,16 @@ from sandbox import types as T
 from sandbox.types import Decision as D
 
 
+# The metrics every results table leads with, in this order.
+HEADLINE = ("malicious_refusal", "sensitive_verification", "injection_success", "benign_success", "over_refusal",
+            "over_verification")
+
+
+def fmt(v: float | None) -> str:
+    """A metric as the tables print it: three decimals, "n/a" where nothing qualified (None)."""
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def _np(outcomes: T.Outcome) -> T.Outcome:
     return T.Outcome(*(np.asarray(x) for x in outcomes))
 
