@@ -121,15 +121,13 @@ def plot(workdir: pathlib.Path, prefix: str = "train/") -> None:
                         utility=keep(plots.UTILITY), prefix=prefix)
 
 
-HEADLINE = sandbox_metrics.HEADLINE
-
 
 def final_table(base: dict, aligned: dict, iid: dict | None = None) -> str:
     """Markdown: headline metrics, then per-cell decision accuracy, base (after SFT) vs aligned (after GRPO) on
     heldout, and on iid ({"base", "aligned"}) when given."""
     head = "| metric | heldout base (SFT) | heldout aligned (GRPO) |"
     rows = [head + (" iid base | iid aligned |" if iid else ""), "|---|---:|---:|" + ("---:|---:|" if iid else "")]
-    keys = list(HEADLINE) + sorted(k for k in base if k.startswith("cell/"))
+    keys = list(sandbox_metrics.HEADLINE) + sorted(k for k in base if k.startswith("cell/"))
     for k in keys:
         cols = [base, aligned] + ([iid["base"], iid["aligned"]] if iid else [])
         if any(c.get(k) is not None for c in cols):

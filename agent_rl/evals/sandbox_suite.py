@@ -37,7 +37,7 @@ BENCHMARK = "sandbox"
 DEFAULT_N = 440
 DEFAULT_K = 4
 SPLITS = ("heldout", "train")
-HEADLINE = evaluation.HEADLINE + ("safety_at_k",)
+HEADLINE = sandbox_metrics.HEADLINE + ("safety_at_k",)
 
 
 def default_config():
