@@ -1,7 +1,10 @@
 """Every notebook in colab/ runs top to bottom at `smoke` scale (micro config) with nbclient; a cell error fails.
 
 The runs go to a temporary directory (AGENT_RL_RUNS), so the notebooks' committed outputs and runs/ stay untouched.
-Notebooks share the smoke SFT base: the first one trains it and the others load it (`sft.init_from`)."""
+Notebooks share the smoke SFT base: the first one trains it and the others load it (`sft.init_from`).
+
+CI time: the quickstart runs in CI; the other four (~6 minutes together on 2 cores) are marked slow and run with
+`--runslow`."""
 import os
 import pathlib
 
@@ -23,7 +26,8 @@ def test_there_are_notebooks():
                                            "04_grpo_knobs.ipynb", "05_smollm2_lora.ipynb"]
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", [pytest.param(p, marks=() if p.stem.startswith("01_") else pytest.mark.slow)
+                                  for p in NOTEBOOKS], ids=lambda p: p.stem)
 def test_notebook_runs_at_smoke_scale(path, runs_dir, monkeypatch):
     nb = nbformat.read(path, as_version=4)
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]

@@ -11,9 +11,10 @@ a missing all-reduce move a loss far more (successive SFT batches' losses differ
 
 CI time: every run here compiles at XLA's lowest backend optimisation level (alike for all, so the comparison holds;
 compiling is most of a cold micro run and this halves it), leaves out the iid split (the same evaluation code as
-heldout) and the micro run's second GRPO step (its groups' rewards tie: a no-op update), and the four processes run
-at the same time. Cross-process collectives (gloo over TCP) cost milliseconds each, which the rollout's per-token
-loop feels: the 2 x 4 run is the slowest.
+heldout) and the micro run's second GRPO step (its groups' rewards tie: a no-op update), and the processes run at the same
+time. The 1 x 8 layout runs only with `--runslow`: CI compares 2 x 4 with 1 x 1, which differ in both the
+sharding and the process count. Cross-process collectives (gloo over TCP) cost milliseconds each, which the
+rollout's per-token loop feels: the 2 x 4 run is the slowest.
 """
 import json
 import math
@@ -105,12 +106,14 @@ def cache(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, cache):
-    """{"1x1", "1x8", "2x4"}: workdirs of the micro run on each layout, run at the same time."""
+def runs(tmp_path_factory, cache, request):
+    """{"1x1", "2x4"} (and "1x8" with --runslow): workdirs of the micro run on each layout, run at the same time."""
     base = tmp_path_factory.mktemp("layouts")
-    dirs = {name: base / name for name in ("1x1", "1x8", "2x4")}
-    procs = {"2x4": _cluster(dirs["2x4"], cache), "1x8": [_start(_cmd(dirs["1x8"], cache, MESH), 8, base / "1x8")],
-             "1x1": [_start(_cmd(dirs["1x1"], cache), 1, base / "1x1")]}
+    names = ("1x1", "1x8", "2x4") if request.config.getoption("--runslow") else ("1x1", "2x4")
+    dirs = {name: base / name for name in names}
+    procs = {"2x4": _cluster(dirs["2x4"], cache), "1x1": [_start(_cmd(dirs["1x1"], cache), 1, base / "1x1")]}
+    if "1x8" in dirs:
+        procs["1x8"] = [_start(_cmd(dirs["1x8"], cache, MESH), 8, base / "1x8")]
     for name, ps in procs.items():
         try:
             _finish(ps)
@@ -120,13 +123,13 @@ def runs(tmp_path_factory, cache):
     return dirs
 
 
-def test_two_processes_match_one_process_of_eight_and_of_one_device(runs):
+def test_two_processes_match_one_process(runs):
     final = {name: json.loads((d / "final_metrics.json").read_text()) for name, d in runs.items()}
-    assert final["2x4"] == final["1x8"] == final["1x1"]
+    assert all(f == final["1x1"] for f in final.values()), final
     logs = {name: _records(d) for name, d in runs.items()}
     assert [r["step"] for r in logs["2x4"]] == list(range(1, 6))  # 4 SFT steps and a GRPO step, each logged once
     assert logs["2x4"][-1]["grpo/loss"] != 0  # (its advantages are not all 0: the update does something)
-    for other in ("1x8", "1x1"):
+    for other in sorted(set(runs) - {"2x4"}):
         for a, b in zip(logs["2x4"], logs[other], strict=True):
             assert not _close(a, b), (other, a["step"], _close(a, b))
     assert sorted(int(p.name) for p in (runs["2x4"] / "checkpoints").iterdir() if p.name.isdigit()) == [4, 5]

@@ -1,5 +1,7 @@
 """End to end on Hugging Face weights: `launch/train.py --config.model.hf_dir=DIR` on a tiny random Llama with a
-byte-level BPE tokenizer (both written here), full fine-tuning and LoRA; then `launch/eval.py` on the LoRA run."""
+byte-level BPE tokenizer (both written here), full fine-tuning and LoRA; then `launch/eval.py` on the LoRA run.
+
+CI runs the LoRA run; the full fine-tuning run (~2 more minutes on 2 cores) is marked slow."""
 import json
 import pathlib
 import subprocess
@@ -87,6 +89,7 @@ def full_run(tmp_path_factory, hf_dir):
   return workdir, _train(workdir, hf_dir)
 
 
+@pytest.mark.slow  # ~2 minutes; the LoRA run below is CI's end-to-end Hugging Face training test
 def test_full_finetune_end_to_end(full_run):
   workdir, stdout = full_run
   final = json.loads((workdir / "final_metrics.json").read_text())
@@ -96,6 +99,7 @@ def test_full_finetune_end_to_end(full_run):
   assert "('params', 'embed', 'value')" in names and not any("lora" in n for n in names)
 
 
+@pytest.mark.slow  # needs the full fine-tuning run above
 def test_full_finetune_checkpoint_scales(full_run, hf_dir):
   """--lora_scale on a fully fine-tuned run scales its weights' change since the start: 0 is the model it started
   from (the hf_dir weights), 1 the checkpoint, 0.5 halfway."""
@@ -117,7 +121,8 @@ def test_lora_end_to_end(lora_run, hf_dir):
   workdir, stdout = lora_run
   assert "LoRA parameters trained" in stdout
   final = json.loads((workdir / "final_metrics.json").read_text())
-  assert all(v is None or 0.0 <= v <= 1.0 for v in final["base"].values())
+  assert all(v is None or 0.0 <= v <= 1.0 for k in ("base", "aligned") for v in final[k].values())
+  assert "| metric | heldout base (SFT) | heldout aligned (GRPO) |" in stdout
   recs = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   assert [r["step"] for r in recs] == list(range(1, 7)) and np.isfinite(recs[3]["sft/loss"])
   # The checkpoint holds the adapters (and their optimizer state), never the base weights.
