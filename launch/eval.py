@@ -3,6 +3,7 @@
   python launch/eval.py --suite injecagent --policy always_execute --out results.json
   python launch/eval.py --suite bfcl --policy replay:outputs.jsonl --split simple_python,multiple --out r.json
   python launch/eval.py --suite sandbox --policy checkpoint:runs/tiny --out r.json
+  python launch/eval.py --suite injecagent --policy lora:models/adapters/NAME --lora_scale 0.5 --out r.json
   python launch/eval.py --suite agent_safetybench --policy hf:/models/qwen --judge_dir /models/ShieldAgent --out r.json
 
 Suites: the keys of `agent_rl.evals.SUITES` (injecagent, bfcl, agent_safetybench, sandbox).
@@ -24,7 +25,7 @@ from agent_rl.evals import common
 FLAGS = flags.FLAGS
 flags.DEFINE_string("suite", None, "benchmark suite: injecagent | bfcl | agent_safetybench | sandbox", required=True)
 flags.DEFINE_string("policy", None, "policy spec: oracle | always_execute | always_refuse | always_check | "
-                    "replay:FILE | checkpoint:PATH | hf:DIR | prompt_guard:SPEC", required=True)
+                    "replay:FILE | checkpoint:PATH | hf:DIR | lora:DIR | prompt_guard:SPEC", required=True)
 flags.DEFINE_string("split", "", "suite-specific selection: injecagent base|enhanced; bfcl comma-separated "
                     "categories; agent_safetybench fulfillable|unfulfillable; sandbox heldout|train (default "
                     "heldout); '' = all")
@@ -37,7 +38,7 @@ flags.DEFINE_string("judge_dir", None, "agent_safetybench: local judge checkpoin
 flags.DEFINE_string("out", None, "write the metrics JSON here", required=True)
 flags.DEFINE_string("details_out", None, "write per-case details (JSONL) here")
 flags.DEFINE_integer("show_failures", 20, "bfcl with a replay policy: how many failing cases to list")
-flags.DEFINE_float("lora_scale", 1.0, "checkpoint: scale what training changed, a LoRA run's adapters or a full "
+flags.DEFINE_float("lora_scale", 1.0, "checkpoint: and lora: policies: scale what training changed, a LoRA run's adapters or a full "
                    "run's weights (0 = the base model, 1 = as trained; values between and above are allowed): the "
                    "safety / utility knob")
 config_flags.DEFINE_config_file("config", None, "ml_collections config passed to model policies", lock_config=False)

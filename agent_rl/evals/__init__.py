@@ -4,7 +4,8 @@ A suite is a function `run(policy_spec: str, args: RunArgs) -> (metrics, details
 in [0, 1]; details is a list of per-case dicts (what went wrong where). Suites register with `register_suite`;
 the built-in ones are the `run` of their module (bfcl, injecagent, agent_safetybench, sandbox_suite), imported only
 when run (so `launch/eval.py` does not import model code up front).
-The model policies `checkpoint:PATH` and `hf:DIR` (`agent_rl.evals.model_policy`) are registered the same lazy way.
+The model policies `checkpoint:PATH`, `hf:DIR` and `lora:DIR` (`agent_rl.evals.model_policy`) are registered the
+same lazy way.
 """
 from __future__ import annotations
 
@@ -42,3 +43,4 @@ def _lazy_model(attr: str) -> _policies.ModelFactory:
 
 _policies.register_model_policy("checkpoint", _lazy_model("load_checkpoint"))
 _policies.register_model_policy("hf", _lazy_model("load_hf"))
+_policies.register_model_policy("lora", _lazy_model("load_lora"))

@@ -1,11 +1,11 @@
-"""JAX model policies for the evaluation suites: `checkpoint:PATH` (a training run) and `hf:DIR` (local Hugging Face
-weights).
+"""JAX model policies for the evaluation suites: `checkpoint:PATH` (a training run), `hf:DIR` (local Hugging Face
+weights) and `lora:DIR` (LoRA adapter files over the base model they name, `agent_rl.adapters`).
 
 A `ModelPolicy` is a `policies.TextPolicy` (the text suites call `generate`: one greedy agent turn per prompt) and
 also carries what the sandbox suite needs to run the model through the environment: the tokenizer, the split model
 (graphdef, params) and the run config it was trained with (None for `hf:`).
 
-`agent_rl.evals` registers both prefixes lazily, so importing the harness does not import the model code.
+`agent_rl.evals` registers the prefixes lazily, so importing the harness does not import the model code.
 """
 from __future__ import annotations
 
@@ -178,7 +178,7 @@ def load_hf(path: str, config: Any = None, lora_scale: float = 1.0) -> ModelPoli
     if not (d / "config.json").is_file():
         raise PolicyError(f"hf: no config.json in {d}")
     if lora_scale != 1.0:
-        raise PolicyError(f"hf:{path} has no LoRA adapters to scale (--lora_scale applies to checkpoint: of a LoRA run)")
+        raise PolicyError(f"hf:{path} has no LoRA adapters to scale (--lora_scale applies to checkpoint: and lora:)")
     model, model_cfg = hf.from_pretrained(d)
     tok = tok_lib.hf_tokenizer(d, vocab_size=model_cfg.vocab_size)
     graphdef, params = nnx.split(model, nnx.Param)
@@ -186,3 +186,33 @@ def load_hf(path: str, config: Any = None, lora_scale: float = 1.0) -> ModelPoli
     if config is not None:
         kw = dict(max_new_tokens=int(config.env.max_turn_tokens), batch_size=int(config.eval.batch_size))
     return ModelPolicy(f"hf:{path}", tok, graphdef, params, None, **kw)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# lora:DIR
+
+
+def load_lora(path: str, config: Any = None, lora_scale: float = 1.0) -> ModelPolicy:
+    """Adapter files (`agent_rl.adapters`: adapter_config.json + adapter_model.safetensors) over the base model
+    directory their config names; the tokenizer is the base's. lora_scale multiplies the adapters (0: the base).
+    `config` (the --config run config, if any) sets the eval batch size and turn length, as for `hf:`."""
+    from agent_rl import adapters, hf
+
+    d = pathlib.Path(path).expanduser()
+    if not path or not d.is_dir():
+        raise PolicyError(f"lora: no such directory {d}")
+    try:
+        base = adapters.base_dir(d, adapters.read_config(d))
+        model, model_cfg = hf.from_pretrained(base)
+        model = adapters.apply(model, d)
+    except adapters.AdapterError as e:
+        raise PolicyError(str(e)) from None
+    if not (base / "tokenizer.json").is_file() and not (base / "vocab.json").is_file():
+        raise PolicyError(f"lora:{path}: no tokenizer in its base model directory {base} (expected tokenizer.json)")
+    tok = tok_lib.hf_tokenizer(base, vocab_size=model_cfg.vocab_size)
+    graphdef, trainable, frozen = lora.split(model)
+    params = lora.full_state(lora.scale(trainable, lora_scale), frozen)
+    kw = {}
+    if config is not None:
+        kw = dict(max_new_tokens=int(config.env.max_turn_tokens), batch_size=int(config.eval.batch_size))
+    return ModelPolicy(f"lora:{path}", tok, graphdef, params, None, **kw)

@@ -78,7 +78,7 @@ def _settings(spec: str, args: common.RunArgs):
     if isinstance(model, policies.PromptGuard):
         model, safety = model.model, model.safety
     if not isinstance(model, model_policy.ModelPolicy):
-        raise policies.PolicyError(f"sandbox: policy {spec!r} is not a JAX model (checkpoint:PATH, hf:DIR or "
+        raise policies.PolicyError(f"sandbox: policy {spec!r} is not a JAX model (checkpoint:PATH, hf:DIR, lora:DIR or "
                                    f"prompt_guard: of one); the sandbox runs the model through the jitted env")
     cfg = args.config or model.run_config or default_config()
     episodes = lambda vocab, ep: evaluation.model_episodes(model.graphdef, model.params, vocab, ep)  # noqa: E731

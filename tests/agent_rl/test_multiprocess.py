@@ -11,9 +11,9 @@ a missing all-reduce move a loss far more (successive SFT batches' losses differ
 
 CI time: every run here compiles at XLA's lowest backend optimisation level (alike for all, so the comparison holds;
 compiling is most of a cold micro run and this halves it), leaves out the iid split (the same evaluation code as
-heldout) and the micro run's second GRPO step (its groups' rewards tie: a no-op update), and the processes run at the same
-time. The 1 x 8 layout runs only with `--runslow`: CI compares 2 x 4 with 1 x 1, which differ in both the
-sharding and the process count. Cross-process collectives (gloo over TCP) cost milliseconds each, which the
+heldout) and the micro run's second GRPO step (its groups' rewards tie: a no-op update), and the processes run at
+the same time. The 1 x 8 layout runs only with `--runslow`: CI compares 2 x 4 with 1 x 1, which differ in both
+the sharding and the process count. Cross-process collectives (gloo over TCP) cost milliseconds each, which the
 rollout's per-token loop feels: the 2 x 4 run is the slowest.
 """
 import json

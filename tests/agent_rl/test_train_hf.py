@@ -159,6 +159,33 @@ def test_lora_checkpoint_evaluates_and_scales(lora_run, hf_dir, tmp_path):
   assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1].startswith("error: hf:")
 
 
+def test_exported_adapters_reproduce_the_checkpoint(lora_run, hf_dir, tmp_path):
+  """launch/export_adapters.py writes the run's adapters (PEFT layout, with its metrics beside them); `lora:DIR`
+  over the named base is the checkpoint's model exactly, and launch/eval.py runs it."""
+  workdir, _ = lora_run
+  from agent_rl.evals import model_policy
+
+  out = subprocess.run([sys.executable, str(ROOT / "launch" / "export_adapters.py"), f"--run={workdir}",
+                        f"--out={tmp_path / 'adapters'}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "(rank 4, base " in out.stdout
+  names = sorted(p.name for p in (tmp_path / "adapters").iterdir())
+  assert names == ["adapter_config.json", "adapter_model.safetensors", "final_metrics.json", "metrics.jsonl"]
+  assert json.loads((tmp_path / "adapters" / "adapter_config.json").read_text())["base_model_name_or_path"] == \
+      str(hf_dir)
+  ckpt, exported = model_policy.load_checkpoint(str(workdir)), model_policy.load_lora(str(tmp_path / "adapters"))
+  jax.tree.map(np.testing.assert_array_equal, nnx.state(nnx.merge(exported.graphdef, exported.params)),
+               nnx.state(nnx.merge(ckpt.graphdef, ckpt.params)))
+  ev = subprocess.run([sys.executable, str(ROOT / "launch" / "eval.py"), "--suite", "sandbox", "--policy",
+                       f"lora:{tmp_path / 'adapters'}", "--limit", "4", "--safety_k", "1", "--out",
+                       str(tmp_path / "m.json")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert ev.returncode == 0, ev.stderr[-3000:]
+  assert "malicious_refusal" in json.loads((tmp_path / "m.json").read_text())
+  full = subprocess.run([sys.executable, str(ROOT / "launch" / "export_adapters.py"), f"--run={workdir}/nowhere",
+                         f"--out={tmp_path / 'x'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert full.returncode != 0 and full.stderr.strip().splitlines()[-1].startswith("error: --run=")
+
+
 def test_lora_export_merges(lora_run, tmp_path):
   """save_pretrained of a LoRA model writes merged weights that transformers loads with the same logits."""
   workdir, _ = lora_run
