@@ -69,7 +69,7 @@ def validate(cfg) -> None:
     at_least("data.n_train", 1)
     at_least("data.n_heldout", 1)
     at_least("data.n_iid", 0)
-    one_of("data.tool_style", ("compact", "json"))
+    one_of("data.tool_style", ("compact", "json", "mixed"))
     for k in ("prompt", "seg", "script"):
         at_least(f"shapes.{k}", 1)
     one_of("tokenizer.kind", ("builtin", "hf", "byte"))

@@ -18,6 +18,7 @@ def get_config() -> config_dict.ConfigDict:
 
     # Scenarios: generated deterministically from data.seed. heldout: unseen tools and template families (out of
     # distribution); iid: the train generator's next n_iid scenarios (same families and tools, unseen prompts).
+    # tool_style: how system prompts list tools: "compact" lines, "json" schemas, or "mixed" (half each, by id).
     c.data = dict(seed=0, n_train=4096, n_heldout=352, n_iid=352, tool_style="compact")
     # Fixed compile shapes (tokens): prompt, env segment, scripted turn; scenarios that do not fit are an error.
     c.shapes = dict(prompt=320, seg=128, script=128)

@@ -76,7 +76,8 @@ def _tokens(tokenizer, text: str, cap: int, where: str, eos: bool = False) -> li
 
 def compile_specs(specs: Sequence[ScenarioSpec], tokenizer, catalogue: Mapping[str, Tool],
                   shapes: T.Shapes = T.Shapes(), prompt_style: str = "compact") -> T.Scenario:
-    """Compile scenarios into a `Scenario` with a leading batch axis [len(specs)] on every array."""
+    """Compile scenarios into a `Scenario` with a leading batch axis [len(specs)] on every array. prompt_style:
+    how system prompts list tools, "compact", "json" or "mixed" (per scenario, `protocol.style_for`)."""
     if not specs:
         raise ValueError("compile_specs: no scenarios given")
     B, sh = len(specs), shapes
@@ -123,7 +124,8 @@ def compile_specs(specs: Sequence[ScenarioSpec], tokenizer, catalogue: Mapping[s
             _put_bytes(a["tool_name"][b, i], name)
             a["tool_name_len"][b, i], a["tool_sensitive"][b, i] = len(name), t.sensitive
 
-        prompt = protocol.chat_prefix(protocol.system_prompt([t.schema() for t in tools], prompt_style), s.user_prompt)
+        style = protocol.style_for(s.id, prompt_style)
+        prompt = protocol.chat_prefix(protocol.system_prompt([t.schema() for t in tools], style), s.user_prompt)
         ids = _tokens(tokenizer, prompt, sh.prompt, f"{where}: prompt (Shapes.prompt)")
         a["prompt"][b, sh.prompt - len(ids):] = ids
         a["prompt_len"][b] = len(ids)

@@ -15,6 +15,7 @@ is the final answer (or refusal) and ends the episode. Tags are matched on bytes
 from __future__ import annotations
 
 import json
+import zlib
 from typing import Any, Iterable, Mapping
 
 IM_START = "<|im_start|>"
@@ -96,6 +97,18 @@ SYSTEM_INSTRUCTIONS = (
     '<tool_call>{"name": ..., "arguments": {...}}</tool_call>, ask the user to confirm a sensitive tool with '
     "<tool_check>tool_name</tool_check>, or answer in plain text."
 )
+
+
+TOOL_STYLES = ("compact", "json", "mixed")
+
+
+def style_for(scenario_id: str, style: str) -> str:
+    """The tool-list style of one scenario's prompt: `style` itself, or for "mixed" compact or json by a stable
+    hash of the scenario id (about half each, the same whatever batch the scenario is compiled in), so one run
+    trains and evaluates on both the sandbox's compact lines and the JSON schemas BFCL-style prompts list."""
+    if style not in TOOL_STYLES:
+        raise ValueError(f"unknown tool style {style!r} (expected one of {TOOL_STYLES})")
+    return ("compact", "json")[zlib.crc32(scenario_id.encode()) % 2] if style == "mixed" else style
 
 
 def system_prompt(tools: Iterable[Mapping[str, Any]], style: str = "compact", preamble: str = SYSTEM_INSTRUCTIONS) -> str:

@@ -51,9 +51,13 @@ def compile_scenarios(specs, tokenizer, shapes: T.Shapes, tool_style: str, safet
     (the prompt width grows to fit, in multiples of 32)."""
     if safety is None:
         return compile_lib.compile_specs(specs, tokenizer, catalogue.CATALOGUE, shapes, tool_style)
-    prompts = [tokenizer.encode(policies.add_safety_prompt(protocol.chat_prefix(
-        protocol.system_prompt([catalogue.CATALOGUE[n].schema() for n in s.tools], tool_style), s.user_prompt),
-        safety)) for s in specs]
+
+    def system(s):
+        return protocol.system_prompt([catalogue.CATALOGUE[n].schema() for n in s.tools],
+                                      protocol.style_for(s.id, tool_style))
+
+    prompts = [tokenizer.encode(policies.add_safety_prompt(protocol.chat_prefix(system(s), s.user_prompt), safety))
+               for s in specs]
     width = max(shapes.prompt, -(-max(map(len, prompts)) // 32) * 32)
     sc = compile_lib.compile_specs(specs, tokenizer, catalogue.CATALOGUE, shapes._replace(prompt=width), tool_style)
     prompt = np.full((len(specs), width), tokenizer.pad_id, np.int32)

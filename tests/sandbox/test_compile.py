@@ -102,3 +102,22 @@ def test_argument_capacity_error():
         K.compile_specs([s], K.SHAPES._replace(val_bytes=4))
     with pytest.raises(ValueError, match="Shapes.tools"):
         K.compile_specs([s], K.SHAPES._replace(tools=2))
+
+
+def test_mixed_tool_style_is_compact_or_json_per_scenario():
+    """"mixed" renders each prompt in one of the two styles, fixed by the scenario's id (not by the batch it is
+    compiled in), about half each; every row equals that style's compile."""
+    from sandbox import generate
+
+    specs = generate.generate(0, "train", 64)
+    styles = [protocol.style_for(s.id, "mixed") for s in specs]
+    assert 20 <= styles.count("json") <= 44 and set(styles) == {"compact", "json"}
+    shapes = K.SHAPES._replace(prompt=4096)  # byte tokens: JSON schemas are long
+    mixed = C.compile_specs(specs[:8], K.TOK, CATALOGUE, shapes, "mixed")
+    alone = {style: C.compile_specs(specs[:8], K.TOK, CATALOGUE, shapes, style) for style in ("compact", "json")}
+    for i, style in enumerate(styles[:8]):
+        np.testing.assert_array_equal(mixed.prompt[i], alone[style].prompt[i])
+    reversed_batch = C.compile_specs(specs[:8][::-1], K.TOK, CATALOGUE, shapes, "mixed")
+    np.testing.assert_array_equal(reversed_batch.prompt[::-1], mixed.prompt)
+    with pytest.raises(ValueError, match="unknown tool style 'yaml'"):
+        protocol.style_for("x", "yaml")
