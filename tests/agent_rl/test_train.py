@@ -62,6 +62,7 @@ def test_end_to_end_outputs(finished):
     assert saved["grpo"]["steps"] == 2
 
 
+@pytest.mark.slow  # ~50 s; CI's resume check is the corrupt-checkpoint test below
 def test_resume_after_sigkill_matches_uninterrupted(finished, cache, tmp_path):
     ref_dir, _ = finished
     workdir = tmp_path / "killed"
@@ -96,6 +97,7 @@ def test_non_finite_loss_stops_with_one_line_naming_the_step(cache, tmp_path):
     assert kept and kept[-1] == step - 1
 
 
+@pytest.mark.slow  # ~30 s; a diagnostic (experiments/), not the library
 def test_copy_probe_on_the_finished_run(finished, tmp_path):
     """experiments/probe_copy.py scores a run's checkpoint on oracle demonstrations: every class is reported, tool-call
     tokens are found, losses are non-negative; an impossible --n is one error line."""

@@ -203,6 +203,7 @@ def test_lora_export_merges(lora_run, tmp_path):
   assert lora.merge(model).cfg.lora_rank == 0
 
 
+@pytest.mark.slow  # ~30 s; --lora_scale itself is checked above through launch/eval.py
 def test_lora_scale_sweep(lora_run, tmp_path):
   workdir, _ = lora_run
   out = subprocess.run([sys.executable, str(ROOT / "launch" / "lora_scale.py"), f"--run={workdir}",
