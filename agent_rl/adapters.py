@@ -115,10 +115,12 @@ def base_dir(adapter_dir: str | os.PathLike, config: dict[str, Any]) -> pathlib.
                      f"`python launch/import_model.py --out {base}`")
 
 
-def apply(model: model_lib.Transformer, adapter_dir: str | os.PathLike) -> model_lib.Transformer:
+def apply(model: model_lib.Transformer, adapter_dir: str | os.PathLike,
+          config: dict[str, Any] | None = None) -> model_lib.Transformer:
   """`model` (a base without adapters) with the adapters of `adapter_dir` added, in the model's param dtype.
-  Any missing, extra or misshapen tensor is an AdapterError naming the file and the tensor."""
-  config = read_config(adapter_dir)
+  config: `read_config(adapter_dir)` if the caller has it already. Any missing, extra or misshapen tensor is an
+  AdapterError naming the file and the tensor."""
+  config = read_config(adapter_dir) if config is None else config
   path = pathlib.Path(adapter_dir) / WEIGHTS
   if not path.is_file():
     raise AdapterError(f"{path}: no adapter weights")

@@ -46,7 +46,7 @@ def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 def validate(cfg) -> None:
     """Raise ConfigError listing every broken rule (one line each: `config.<key>=<value>: <rule>`)."""
     from agent_rl import grpo
-    from sandbox import rewards, types as T
+    from sandbox import protocol, rewards, types as T
 
     problems: list[str] = []
     flat = _flat(cfg.to_dict())
@@ -69,7 +69,7 @@ def validate(cfg) -> None:
     at_least("data.n_train", 1)
     at_least("data.n_heldout", 1)
     at_least("data.n_iid", 0)
-    one_of("data.tool_style", ("compact", "json", "mixed"))
+    one_of("data.tool_style", protocol.TOOL_STYLES)
     for k in ("prompt", "seg", "script"):
         at_least(f"shapes.{k}", 1)
     one_of("tokenizer.kind", ("builtin", "hf", "byte"))

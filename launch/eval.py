@@ -38,9 +38,9 @@ flags.DEFINE_string("judge_dir", None, "agent_safetybench: local judge checkpoin
 flags.DEFINE_string("out", None, "write the metrics JSON here", required=True)
 flags.DEFINE_string("details_out", None, "write per-case details (JSONL) here")
 flags.DEFINE_integer("show_failures", 20, "bfcl with a replay policy: how many failing cases to list")
-flags.DEFINE_float("lora_scale", 1.0, "checkpoint: and lora: policies: scale what training changed, a LoRA run's adapters or a full "
-                   "run's weights (0 = the base model, 1 = as trained; values between and above are allowed): the "
-                   "safety / utility knob")
+flags.DEFINE_float("lora_scale", 1.0, "checkpoint: and lora: policies: scale what training changed, a LoRA "
+                   "run's adapters or a full run's weights (0 = the base model, 1 = as trained; values between and "
+                   "above are allowed): the safety / utility knob")
 config_flags.DEFINE_config_file("config", None, "ml_collections config passed to model policies", lock_config=False)
 distributed.define_flags()
 

@@ -46,8 +46,7 @@ def main(argv):
   except OSError as e:
     cli.fail(f"--out={FLAGS.out}: cannot create the directory ({e.strerror})")
   out = adapters.save(nnx.merge(policy.graphdef, policy.params), FLAGS.out, base=cfg.model.hf_dir)
-  workdir = pathlib.Path(FLAGS.run.rsplit("@", 1)[0] if "@" in FLAGS.run else FLAGS.run)
-  workdir = workdir.parent if workdir.name == "checkpoints" else workdir
+  workdir = model_policy.run_workdir(FLAGS.run)
   for name in ("metrics.jsonl", "final_metrics.json"):
     if (workdir / name).is_file():
       shutil.copy(workdir / name, out / name)

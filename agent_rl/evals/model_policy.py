@@ -75,6 +75,17 @@ def generate_text(policy: ModelPolicy, prompts: list[str], key: jax.Array | None
 # checkpoint:PATH
 
 
+def split_step(path: str) -> tuple[str, int | None]:
+    """`WORKDIR@STEP` -> (WORKDIR, STEP); a path without a numeric `@STEP` suffix -> (path, None)."""
+    head, sep, step = path.rpartition("@")
+    return (head, int(step)) if sep and step.isdigit() else (path, None)
+
+
+def run_workdir(path: str) -> pathlib.Path:
+    """The training workdir a `checkpoint:` argument names (`WORKDIR`, `WORKDIR@STEP` or its checkpoints/)."""
+    return _checkpoint_dirs(split_step(path)[0])[0]
+
+
 def _checkpoint_dirs(path: str) -> tuple[pathlib.Path, pathlib.Path]:
     """(run workdir, its checkpoints dir) from a workdir or a checkpoints dir."""
     p = pathlib.Path(path).expanduser()
@@ -112,9 +123,7 @@ def load_checkpoint(path: str, config: Any = None, lora_scale: float = 1.0) -> M
     weight, lora_scale scales the change from the weights it started from (its model.hf_dir, or its seed's
     initialisation): 0 gives those, 1 the checkpoint."""
     del config
-    want = None
-    if "@" in path and path.rsplit("@", 1)[1].isdigit():  # checkpoint:WORKDIR@STEP picks a step (e.g. the SFT base)
-        path, want = path.rsplit("@", 1)[0], int(path.rsplit("@", 1)[1])
+    path, want = split_step(path)
     workdir, cdir = _checkpoint_dirs(path)
     with ckpt.read_only_manager(cdir) as manager:
         steps = sorted(manager.all_steps(), reverse=True)
@@ -173,8 +182,7 @@ def load_hf(path: str, config: Any = None, lora_scale: float = 1.0) -> ModelPoli
     d = pathlib.Path(path).expanduser()
     if not path or not d.is_dir():
         raise PolicyError(f"hf: no such directory {d}")
-    if not (d / "tokenizer.json").is_file() and not (d / "vocab.json").is_file():
-        raise PolicyError(f"hf: no tokenizer in {d} (expected tokenizer.json)")
+    _need_tokenizer(d, "hf:")
     if not (d / "config.json").is_file():
         raise PolicyError(f"hf: no config.json in {d}")
     if lora_scale != 1.0:
@@ -182,10 +190,19 @@ def load_hf(path: str, config: Any = None, lora_scale: float = 1.0) -> ModelPoli
     model, model_cfg = hf.from_pretrained(d)
     tok = tok_lib.hf_tokenizer(d, vocab_size=model_cfg.vocab_size)
     graphdef, params = nnx.split(model, nnx.Param)
-    kw = {}
-    if config is not None:
-        kw = dict(max_new_tokens=int(config.env.max_turn_tokens), batch_size=int(config.eval.batch_size))
-    return ModelPolicy(f"hf:{path}", tok, graphdef, params, None, **kw)
+    return ModelPolicy(f"hf:{path}", tok, graphdef, params, None, **_sizes(config))
+
+
+def _need_tokenizer(d: pathlib.Path, where: str) -> None:
+    if not (d / "tokenizer.json").is_file() and not (d / "vocab.json").is_file():
+        raise PolicyError(f"{where} no tokenizer in {d} (expected tokenizer.json)")
+
+
+def _sizes(config) -> dict[str, int]:
+    """ModelPolicy's turn length and batch size from a --config run config (its defaults without one)."""
+    if config is None:
+        return {}
+    return dict(max_new_tokens=int(config.env.max_turn_tokens), batch_size=int(config.eval.batch_size))
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -202,17 +219,14 @@ def load_lora(path: str, config: Any = None, lora_scale: float = 1.0) -> ModelPo
     if not path or not d.is_dir():
         raise PolicyError(f"lora: no such directory {d}")
     try:
-        base = adapters.base_dir(d, adapters.read_config(d))
+        adapter_config = adapters.read_config(d)
+        base = adapters.base_dir(d, adapter_config)
+        _need_tokenizer(base, f"lora:{path}: its base:")
         model, model_cfg = hf.from_pretrained(base)
-        model = adapters.apply(model, d)
+        model = adapters.apply(model, d, adapter_config)
     except adapters.AdapterError as e:
         raise PolicyError(str(e)) from None
-    if not (base / "tokenizer.json").is_file() and not (base / "vocab.json").is_file():
-        raise PolicyError(f"lora:{path}: no tokenizer in its base model directory {base} (expected tokenizer.json)")
     tok = tok_lib.hf_tokenizer(base, vocab_size=model_cfg.vocab_size)
     graphdef, trainable, frozen = lora.split(model)
     params = lora.full_state(lora.scale(trainable, lora_scale), frozen)
-    kw = {}
-    if config is not None:
-        kw = dict(max_new_tokens=int(config.env.max_turn_tokens), batch_size=int(config.eval.batch_size))
-    return ModelPolicy(f"lora:{path}", tok, graphdef, params, None, **kw)
+    return ModelPolicy(f"lora:{path}", tok, graphdef, params, None, **_sizes(config))
