@@ -24,10 +24,10 @@ EXIT_ERROR = 2
 def _errors() -> tuple[type[BaseException], ...]:
     """The project's error types: each message already names the key, file, record or step at fault."""
     from agent_rl import checkpoint, distributed, gguf_import, run_config, steps
-    from agent_rl.evals import common, policies
+    from agent_rl.evals import common, compare, policies
 
     return (run_config.ConfigError, checkpoint.CheckpointError, steps.NonFiniteLoss, gguf_import.GGUFImportError,
-            common.DataError, policies.PolicyError, distributed.DistributedError)
+            common.DataError, compare.ResultsError, policies.PolicyError, distributed.DistributedError)
 
 
 def verbose(argv: Sequence[str] = ()) -> bool:
