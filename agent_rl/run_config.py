@@ -19,11 +19,10 @@ from typing import Any, Mapping
 SAFE_ON_RESUME = ("workdir", "grpo.steps", "eval.", "checkpoint.", "mesh.", "tokenizer.cache_dir", "model.gguf",
                   "model.remat", "sft.init_from")
 # Prefixes of keys a run may set differently from the run whose SFT base it starts from (`sft.init_from`): none
-# changes the base or how it is evaluated. (reward.channels does: user-only alignment drops the scenarios with
-# malicious or sensitive tool responses from the train split the base learns from, and from the iid split.)
-FREE_OF_BASE = ("workdir", "reward.kind", "reward.weights.", "reward.refusal_check", "grpo.", "eval.every",
-                "eval.batch_size", "checkpoint.", "mesh.", "tokenizer.cache_dir", "model.gguf", "model.remat",
-                "sft.init_from")
+# changes the base or how it is evaluated (reward.channels only narrows the scenarios GRPO samples).
+FREE_OF_BASE = ("workdir", "reward.kind", "reward.channels", "reward.weights.", "reward.refusal_check", "grpo.",
+                "eval.every", "eval.batch_size", "checkpoint.", "mesh.", "tokenizer.cache_dir", "model.gguf",
+                "model.remat", "sft.init_from")
 
 DTYPES = ("float32", "bfloat16", "float16")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")

@@ -36,6 +36,7 @@ class Setup(NamedTuple):
     iid: T.Scenario | None  # [N_iid, ...]: unseen prompts of the train families and tools; None if data.n_iid = 0
     env_params: T.EnvParams
     model_cfg: model_lib.ModelConfig
+    grpo_rows: np.ndarray  # [N_grpo] int32: the train rows GRPO samples (reward.channels); SFT reads every row
 
 
 def build_tokenizer(cfg, vocab_size: int | None = None) -> tok_lib.Tokenizer:
@@ -72,14 +73,19 @@ def scenario_specs(cfg) -> dict[str, list]:
     `data.n_train`: same families and tools, prompts never trained on; empty when n_iid is 0) and "heldout"."""
     n_train, n_iid = cfg.data.n_train, cfg.data.n_iid
     specs = generate.generate(cfg.data.seed, "train", n_train + n_iid)  # prefixes are stable: train is the same
-    if cfg.reward.channels == "user_only":  # the paper's user-only alignment: no threat through tool responses
-        keep = lambda part: [s for s in part if s.tool_kind in ("benign", "none")]  # noqa: E731
-    elif cfg.reward.channels == "user_tool":
-        keep = list
-    else:
-        raise ValueError(f"config.reward.channels={cfg.reward.channels!r}: expected 'user_only' or 'user_tool'")
-    return {"train": keep(specs[:n_train]), "iid": keep(specs[n_train:]),
+    return {"train": specs[:n_train], "iid": specs[n_train:],
             "heldout": generate.generate(cfg.data.seed, "heldout", cfg.data.n_heldout)}
+
+
+def grpo_rows(cfg, train_specs) -> np.ndarray:
+    """The train rows GRPO samples from: all of them ("user_tool"), or, for the paper's user-only alignment
+    ("user_only"), those with no threat in a tool response. The SFT base and the evaluation splits do not depend on
+    the channels, so user-only and user+tool alignment start from one base and are scored on the same scenarios."""
+    if cfg.reward.channels == "user_tool":
+        return np.arange(len(train_specs), dtype=np.int32)
+    if cfg.reward.channels == "user_only":
+        return np.asarray([i for i, s in enumerate(train_specs) if s.tool_kind in ("benign", "none")], np.int32)
+    raise ValueError(f"config.reward.channels={cfg.reward.channels!r}: expected 'user_only' or 'user_tool'")
 
 
 def import_model(cfg) -> None:
@@ -107,7 +113,7 @@ def make_setup(cfg) -> Setup:
     env_params = T.EnvParams(**dict(cfg.env))
     return Setup(tokenizer, env_lib.make_vocab(tokenizer), compile_one(specs["train"]), compile_one(specs["heldout"]),
                  compile_one(specs["iid"]) if specs["iid"] else None, env_params,
-                 model_cfg or build_model_config(cfg, tokenizer.vocab_size))
+                 model_cfg or build_model_config(cfg, tokenizer.vocab_size), grpo_rows(cfg, specs["train"]))
 
 
 def build_model(cfg, model_cfg: model_lib.ModelConfig) -> model_lib.Transformer:

@@ -180,7 +180,8 @@ def grpo_step(cfg, s: setup_lib.Setup, graphdef, params, opt_state, ref_params, 
     group-relative advantages and update. Returns (params, opt_state, host metrics of the step)."""
     n_sc, g = cfg.grpo.n_scenarios, cfg.grpo.group_size
     k_roll, k_upd = jax.random.split(key)
-    idx = setup_lib.batch_indices(cfg.data.seed + 1, step - cfg.sft.steps, s.train.prompt.shape[0], n_sc)
+    rows = s.grpo_rows  # every train row, or the user-only channel's (reward.channels)
+    idx = rows[setup_lib.batch_indices(cfg.data.seed + 1, step - cfg.sft.steps, len(rows), n_sc)]
     batch = rollout.repeat_group(rollout.trim_prompts(compile_lib.take(s.train, idx)), g)
     batch = sharding.shard_batch(batch, mesh)
     t0 = time.time()

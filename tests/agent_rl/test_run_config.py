@@ -49,6 +49,27 @@ def test_ablation_variants_change_only_the_reward_and_workdir():
             ablation.get_config(bad)
 
 
+def test_channels_narrow_only_what_grpo_samples():
+    """User-only and user+tool alignment share the SFT base and the evaluation splits (so one base serves both,
+    `sft.init_from`); user-only GRPO samples exactly the train rows with no threat in a tool response."""
+    from agent_rl import setup
+
+    cfg = micro.get_config()
+    both = ablation.get_config("user_tool_paper")
+    both.data = cfg.data
+    user = ablation.get_config("user_only_paper")
+    user.data = cfg.data
+    specs = setup.scenario_specs(both)
+    assert [s.id for k in ("train", "iid", "heldout") for s in specs[k]] == \
+        [s.id for k in ("train", "iid", "heldout") for s in setup.scenario_specs(user)[k]]
+    train = specs["train"]
+    assert setup.grpo_rows(both, train).tolist() == list(range(len(train)))
+    rows = setup.grpo_rows(user, train).tolist()
+    assert rows == [i for i, s in enumerate(train) if s.tool_kind not in ("malicious", "sensitive")]
+    assert 0 < len(rows) < len(train)
+    assert any(k.startswith("reward.channels") for k in run_config.FREE_OF_BASE)
+
+
 @pytest.mark.parametrize("key, value, rule", [
     ("grpo__n_scenarios", 0, "config.grpo.n_scenarios=0: must be a number >= 1"),
     ("grpo__group_size", 1, "config.grpo.group_size=1: must be >= 2"),

@@ -170,7 +170,7 @@ def test_grpo_from_another_runs_sft_base_is_the_same_run(finished, cache, tmp_pa
 @pytest.mark.parametrize("override, line", [
     ("--config.sft.lr=0.1", "that run's base differs from this config's"),
     ("--config.sft.steps=3", "differing keys: sft.steps: 4 -> 3"),
-    ("--config.reward.channels=user_only", "differing keys: reward.channels: 'user_tool' -> 'user_only'"),
+    ("--config.data.tool_style=json", "differing keys: data.tool_style: 'compact' -> 'json'"),
 ])
 def test_init_from_a_different_base_is_refused(finished, cache, tmp_path, override, line):
     ref_dir, _ = finished
