@@ -178,6 +178,10 @@ def make_text_policy(spec: str, config: Any = None, lora_scale: float = 1.0) -> 
         if not arg:
             raise PolicyError("policy 'prompt_guard' needs the model it guards: prompt_guard:hf:DIR or "
                              "prompt_guard:checkpoint:PATH")
+        if arg in SCRIPTED_BEHAVIOURS or arg.partition(":")[0] == "replay":
+            raise PolicyError(f"policy {spec!r}: prompt_guard: adds a system prompt, so it guards a model "
+                              f"(prompt_guard:hf:DIR, prompt_guard:lora:DIR, prompt_guard:checkpoint:PATH), not "
+                              f"{arg.partition(':')[0]!r}, which never reads the prompt")
         return PromptGuard(make_text_policy(arg, config, lora_scale))
     raise PolicyError(_unknown(spec))
 

@@ -146,6 +146,10 @@ def test_unknown_specs():
         policies.make_policy("oracle", "no_such_suite")
     with pytest.raises(policies.PolicyError, match="needs the model it guards"):
         policies.make_policy("prompt_guard", "injecagent")
+    for guarded in ("oracle", "replay:f.jsonl"):
+        with pytest.raises(policies.PolicyError, match=f"policy 'prompt_guard:{guarded}': prompt_guard: adds a "
+                           f"system prompt, so it guards a model .* not '{guarded.partition(':')[0]}'"):
+            policies.make_policy(f"prompt_guard:{guarded}", "injecagent")
 
 
 class Echo:
