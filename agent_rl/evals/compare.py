@@ -1,15 +1,15 @@
 """Named variants side by side: every (variant, suite) result kept in one file, and the tables that compare them.
 
-    results = compare.load(path)                                 # {} if the file does not exist yet
-    compare.record(results, "ours", "lora:models/ours", 1.0, "bfcl", metrics, args_key)
+    results = compare.load(path)                     # {"variants": {}, "settings": {}} if the file does not exist
+    compare.record(results, "ours", "lora:models/ours", 1.0, "bfcl", metrics, compare.settings_key(run_args))
     compare.save(path, results)
     print(compare.tables(results))                               # one markdown table per suite, variants as rows
 
 The file is the layout `docs/results_<model>.json` uses:
     {"variants": {NAME: {"policy": SPEC, "lora_scale": s, "sandbox": {metric: fraction}, "bfcl": {...}, ...}},
      "settings": {SUITE: {what the suite was run with: split, limit, tool style, safety_k}}}
-A suite's figures are only comparable across variants run with the same settings, so `record` refuses to mix them:
-re-running a suite with other settings starts that suite afresh for every variant (the old figures are dropped, and
+A suite's figures are only comparable across variants run with the same settings, so `record` never mixes them:
+recording a suite with other settings starts that suite afresh for every variant (the old figures are dropped, and
 said so). A (variant, suite) result already in the file with the same policy and settings is what `launch/compare.py`
 skips on a re-run, so an interrupted evaluation of several variants resumes where it stopped.
 """
