@@ -42,6 +42,7 @@ argument (for `jax.grad`, sharding annotations or donation).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Mapping, NamedTuple
 
@@ -254,7 +255,7 @@ class Projections(nnx.Module):
     """x [..., *in] -> [..., *out] through weight `name` plus its adapter's (alpha / rank) b(a(dropout(x)))."""
     cfg = self.cfg
     w = getattr(self, name)[...].astype(x.dtype)
-    y = jnp.tensordot(x, w, n_in)
+    y = dense(x, w, n_in)
     if cfg.lora_rank and name in cfg.lora_targets:
       if key is not None and cfg.lora_dropout > 0:
         keep = jax.random.bernoulli(jax.random.fold_in(key, LORA_TARGETS.index(name)), 1 - cfg.lora_dropout,
@@ -262,8 +263,38 @@ class Projections(nnx.Module):
         x = jnp.where(keep, x / (1 - cfg.lora_dropout), 0).astype(x.dtype)
       a = getattr(self, f"{name}_lora_a")[...].astype(x.dtype)
       b = getattr(self, f"{name}_lora_b")[...].astype(x.dtype)
-      y = y + (cfg.lora_alpha / cfg.lora_rank) * jnp.tensordot(jnp.tensordot(x, a, n_in), b, 1)
+      y = y + (cfg.lora_alpha / cfg.lora_rank) * dense(dense(x, a, n_in), b, 1)
     return y
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def dense(x: jax.Array, w: jax.Array, n_in: int) -> jax.Array:
+  """x [..., *in] . w [*in, *out] -> [..., *out]: `jnp.tensordot(x, w, n_in)` with a hand-written backward pass.
+
+  The weight gradient is one 2-D product x2.T @ dy2 over all rows ([prod in, N] x [N, prod out]) whose operands are
+  materialised first (an optimization barrier). Left to itself XLA:CPU folds the transpose its matrix kernel
+  needs into the elementwise fusion that produces dy (the SwiGLU's backward, say) and writes it in strided order,
+  which cost a quarter of a SmolLM2 training step (experiments/profile_sft_step.py); the barrier keeps that fusion
+  row-major. The forward pass and both gradients are the same products as tensordot's, in the same dtypes.
+  """
+  return jnp.tensordot(x, w, n_in)
+
+
+def _dense_fwd(x, w, n_in):
+  return dense(x, w, n_in), (x, w)
+
+
+def _dense_bwd(n_in, res, dy):
+  x, w = res
+  out_axes = tuple(range(n_in, w.ndim))
+  dx = jnp.tensordot(dy, w, (tuple(range(dy.ndim - len(out_axes), dy.ndim)), out_axes))
+  x2, dy2 = jax.lax.optimization_barrier((x.reshape(-1, math.prod(w.shape[:n_in])),
+                                          dy.reshape(-1, math.prod(w.shape[n_in:]))))
+  dw = jnp.matmul(x2.T, dy2).reshape(w.shape)
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
 
 
 def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
@@ -304,14 +335,19 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.
 
   Scores and softmax in float32. Masked scores get the most negative finite float, so a query with no visible
   slot (a padding query) averages uniformly instead of producing NaN.
+  The products run head-major, a KV head's g query heads stacked as g * T rows ([B, kv, g*T, hd] x [B, kv, S,
+  hd]): batch axes leading and contracted axes last, the layout XLA's matrix kernels take without copying the
+  scores; on a CPU this halved a SmolLM2 layer's attention forward pass against a [B, T, kv, g, hd] einsum.
   """
   b, t, h, hd = q.shape
   kvh = k.shape[2]
-  q = q.reshape(b, t, kvh, h // kvh, hd)
-  s = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) / math.sqrt(hd)
-  s = jnp.where(mask[:, None, None], s, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-  return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, hd)
+  g = h // kvh
+  qg = jnp.transpose(q.reshape(b, t, kvh, g, hd), (0, 2, 3, 1, 4)).reshape(b, kvh, g * t, hd)
+  s = jnp.einsum("bktd,bksd->bkts", qg, jnp.swapaxes(k, 1, 2), preferred_element_type=jnp.float32) / math.sqrt(hd)
+  s = jnp.where(mask[:, None, None], s.reshape(b, kvh, g, t, -1), jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(s, axis=-1).astype(v.dtype).reshape(b, kvh, g * t, -1)
+  out = jnp.einsum("bkts,bksd->bktd", probs, jnp.swapaxes(v, 1, 2)).reshape(b, kvh, g, t, hd)
+  return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(b, t, h, hd)
 
 
 def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, layer: jax.Array, mask: jax.Array,

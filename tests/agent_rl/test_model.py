@@ -161,6 +161,24 @@ def test_remat_gives_same_gradients(model):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * float(jnp.abs(b).max()))
 
 
+@pytest.mark.parametrize("n_in,x_shape,w_shape", [(1, (2, 5, 6), (6, 3, 4)), (2, (2, 5, 3, 4), (3, 4, 6)),
+                                                  (1, (7, 6), (6, 8))])
+def test_dense_equals_tensordot_forward_and_backward(n_in, x_shape, w_shape):
+  kx, kw, kd = jax.random.split(jax.random.key(0), 3)
+  x, w = jax.random.normal(kx, x_shape), jax.random.normal(kw, w_shape)
+  dy = jax.random.normal(kd, x_shape[:len(x_shape) - n_in] + w_shape[n_in:])
+  ours = jax.vjp(lambda x, w: M.dense(x, w, n_in), x, w)
+  theirs = jax.vjp(lambda x, w: jnp.tensordot(x, w, n_in), x, w)
+  np.testing.assert_allclose(ours[0], theirs[0], rtol=1e-6, atol=1e-6)
+  for a, b in zip(ours[1](dy), theirs[1](dy)):
+    assert a.shape == b.shape and a.dtype == b.dtype
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  # bfloat16 in, bfloat16 gradients out
+  bx, bw = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
+  gx, gw = jax.vjp(lambda x, w: M.dense(x, w, n_in), bx, bw)[1](dy.astype(jnp.bfloat16))
+  assert gx.dtype == gw.dtype == jnp.bfloat16
+
+
 def test_bfloat16_compute(model):
   cfg = CFG.replace(dtype=jnp.bfloat16, param_dtype="bfloat16")
   bf = nnx.merge(nnx.graphdef(M.Transformer(cfg, rngs=nnx.Rngs(0))),
