@@ -31,13 +31,22 @@ def make_optimizer(lr: float, warmup: int, steps: int, weight_decay: float, max_
     return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adamw(schedule, weight_decay=weight_decay))
 
 
+def next_tokens(x):
+    """x [B, S] -> [B, S]: x[:, s + 1] at s, zero (False) in the last column.
+
+    Losses pair logits[:, s] with next_tokens(tokens)[:, s] and mask out the last column, instead of slicing the
+    logits to [:, :-1]: that slice copies the whole [B, S, vocab] tensor, and its gradient pads it back.
+    """
+    return jnp.pad(x[:, 1:], ((0, 0), (0, 1)))
+
+
 def sequence_logprobs(model, tokens, valid, temperature: float = 1.0):
     """f32[B, S]: log-prob of tokens[:, s] given tokens[:, :s] (0 at s = 0), and the entropy there."""
-    logits = model_lib.forward(model, tokens, valid)[:, :-1] / temperature
-    lp = grpo.token_logprobs(logits, tokens[:, 1:])
+    logits = model_lib.forward(model, tokens, valid) / temperature
+    lp = grpo.token_logprobs(logits, next_tokens(tokens))  # at s: the prediction of tokens[:, s + 1]
     ent = grpo.token_entropy(logits)
-    pad = jnp.zeros((tokens.shape[0], 1), jnp.float32)
-    return jnp.concatenate([pad, lp], 1), jnp.concatenate([pad, ent], 1)
+    later = lambda x: jnp.pad(x[:, :-1], ((0, 0), (1, 0)))  # noqa: E731  move each prediction to its token
+    return later(lp), later(ent)
 
 
 def accumulated_grad(loss_fn, params, batch, microbatch: int):
@@ -75,8 +84,8 @@ def sft_step(graphdef, params, opt_state, tokens, valid, mask, frozen=None, key=
     def loss_fn(params, mb):
         tokens, valid, mask, keys = mb
         model = nnx.merge(graphdef, params, frozen)
-        logits = model_lib.forward(model, tokens, valid, None if keys is None else keys[0])[:, :-1]
-        loss_sum, denom = grpo.sft_loss(logits, tokens[:, 1:], mask[:, 1:])
+        logits = model_lib.forward(model, tokens, valid, None if keys is None else keys[0])
+        loss_sum, denom = grpo.sft_loss(logits, next_tokens(tokens), next_tokens(mask))
         return loss_sum, (denom, {})
 
     loss, grads, _ = accumulated_grad(loss_fn, params, (tokens, valid, mask, keys), microbatch)

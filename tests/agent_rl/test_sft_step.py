@@ -42,3 +42,24 @@ def test_sft_step_matches_cross_entropy_on_policy_tokens(microbatch):
     for g, h in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads)):
         np.testing.assert_allclose(g, h, rtol=2e-4, atol=2e-6)
     np.testing.assert_allclose(float(m["sft/loss"]), float(want_loss(before)), rtol=1e-5)
+
+
+def test_sequence_logprobs_are_each_tokens_logprob_and_entropy():
+    """At s: log p(tokens[s] | tokens[:s]) and the entropy of that prediction at temperature 0.7; 0 at s = 0."""
+    graphdef, params = nnx.split(M.Transformer(CFG, rngs=nnx.Rngs(0)), nnx.Param)
+    tokens, valid, _ = _batch()
+    lp, ent = jax.jit(lambda p: tr.sequence_logprobs(nnx.merge(graphdef, p), tokens, valid, 0.7))(params)
+    logp = jax.nn.log_softmax(M.forward(nnx.merge(graphdef, params), tokens, valid)[:, :-1] / 0.7)
+    want_lp = jnp.take_along_axis(logp, tokens[:, 1:, None], -1)[..., 0]
+    want_ent = -(jnp.exp(logp) * logp).sum(-1)
+    assert lp.shape == ent.shape == tokens.shape
+    np.testing.assert_array_equal(lp[:, 0], 0.0)
+    np.testing.assert_array_equal(ent[:, 0], 0.0)
+    np.testing.assert_allclose(lp[:, 1:], want_lp, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(ent[:, 1:], want_ent, rtol=1e-5, atol=1e-5)
+
+
+def test_next_tokens():
+    x = jnp.asarray([[1, 2, 3], [4, 5, 6]])
+    np.testing.assert_array_equal(tr.next_tokens(x), [[2, 3, 0], [5, 6, 0]])
+    np.testing.assert_array_equal(tr.next_tokens(x > 2), [[False, True, False], [True, True, False]])
