@@ -220,6 +220,7 @@ def abstract_scenarios(cfg, rows: int, mesh, warnings: list[str]):
 
 def compile_rollout(cfg, model_cfg, graphdef, params, mesh, warnings: list[str]):
   """The compiled model rollout on the larger of the GRPO and evaluation batches; returns (compiled, rows)."""
+  from sandbox import token_table
   from sandbox import types as T
 
   rows = max(cfg.grpo.n_scenarios * cfg.grpo.group_size, cfg.eval.batch_size)
@@ -227,8 +228,13 @@ def compile_rollout(cfg, model_cfg, graphdef, params, mesh, warnings: list[str])
   replicated = NamedSharding(mesh, PartitionSpec())
   scalar = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
   # The byte table: one row per token id; 16 bytes a row stands in for the tokenizer's longest token (a few MB).
+  # Its token table (`sandbox.token_table`): the class count stands in likewise; the control states are exact.
+  n_states = len(token_table.control_automaton()[0])
+  i32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=replicated)  # noqa: E731
+  tokens = token_table.TokenTable(cls=i32(model_cfg.vocab_size), trans=i32(64, n_states), fields=i32(n_states, 6),
+                                  index=i32(200_000), strides=i32(6))
   vocab = T.Vocab(jax.ShapeDtypeStruct((model_cfg.vocab_size, 16), jnp.uint8, sharding=replicated),
-                  jax.ShapeDtypeStruct((model_cfg.vocab_size,), jnp.int32, sharding=replicated), scalar, scalar)
+                  i32(model_cfg.vocab_size), scalar, scalar, tokens)
   key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=replicated)
   env_params = T.EnvParams(**dict(cfg.env))
   new_tokens = int(cfg.env.max_tokens)

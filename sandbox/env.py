@@ -8,8 +8,9 @@ drives it token by token, batched with `jax.vmap`:
     s2 = step(s, sc, vocab, tok, params)
     policy_mask = ~forced & ~s.done                  # the tokens the policy wrote (and is trained on)
 
-Policy tokens go to the streaming parser as bytes (`vocab.table`). At a policy end-of-turn token the turn is parsed
-and judged (the only non-constant work of a step, vectorised compares on fixed shapes):
+Policy tokens go to the streaming parser (`parser.feed_token`: a table lookup per token outside tool blocks, the
+bytes of `vocab.table` inside them). At a policy end-of-turn token the turn is parsed and judged (the only
+non-constant work of a step, vectorised compares on fixed shapes):
 - each stored call is answered with one pre-tokenized segment: invalid JSON -> invalid-call error; a name that is
   not an offered tool -> unknown-tool error; the task tool with exactly the expected arguments -> the task response,
   other arguments -> the wrong-arguments error; likewise the follow-up tool and its response; any other offered tool
@@ -30,7 +31,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from sandbox import parser, refusal
+from sandbox import parser, refusal, token_table
 from sandbox import types as T
 from sandbox.reference import Caps
 from sandbox.types import Decision as D
@@ -48,7 +49,7 @@ def make_vocab(tokenizer) -> T.Vocab:
     """A tokenizer (anything with byte_table(), eos_id, pad_id) as device arrays."""
     table, lengths = tokenizer.byte_table()
     return T.Vocab(jnp.asarray(table, jnp.uint8), jnp.asarray(lengths, i32), jnp.asarray(tokenizer.eos_id, i32),
-                   jnp.asarray(tokenizer.pad_id, i32))
+                   jnp.asarray(tokenizer.pad_id, i32), jax.tree.map(jnp.asarray, token_table.build(table, lengths)))
 
 
 def _tally() -> T.Tally:
@@ -92,13 +93,18 @@ def _bytes_eq(a, a_len, b, b_len):
 
 
 def _args_eq(turn, key, key_len, kind, val, val_len, n_args):
-    """bool[C]: the call's arguments are exactly the expected ones (same key set, kinds and canonical values)."""
+    """bool[C]: the call's arguments are exactly the expected ones (same key set, kinds and canonical values).
+
+    Keys are distinct on both sides (the parser merges a repeated key, the expected ones come from a dict), so each
+    parsed key names at most one expected argument: keys are matched first ([C, A, A] compares) and then one value
+    per parsed argument ([C, A]), not every parsed value against every expected one.
+    """
     A = key.shape[0]
     k = _bytes_eq(turn.arg_key[:, :, None, :], turn.arg_key_len[:, :, None], key[None, None], key_len[None, None])
-    v = _bytes_eq(turn.arg_val[:, :, None, :], turn.arg_val_len[:, :, None], val[None, None], val_len[None, None])
-    pair = k & v & (turn.arg_kind[:, :, None] == kind[None, None, :])  # [C, A_parsed, A_expected]
-    pair &= (jnp.arange(A)[None, :, None] < turn.arg_count[:, None, None])
-    found = pair.any(1) | (jnp.arange(A)[None, :] >= n_args)
+    k &= (jnp.arange(A)[None, :, None] < turn.arg_count[:, None, None]) & (jnp.arange(A) < n_args)[None, None, :]
+    e = jnp.argmax(k, -1)  # [C, A_parsed]: the expected argument of the same key
+    ok = k.any(-1) & (turn.arg_kind == kind[e]) & _bytes_eq(turn.arg_val, turn.arg_val_len, val[e], val_len[e])
+    found = (k & ok[..., None]).any(1) | (jnp.arange(A)[None, :] >= n_args)  # [C, A_expected]
     return (turn.arg_count == n_args) & found.all(-1)
 
 
@@ -140,7 +146,9 @@ def _judge(state: T.EnvState, sc: T.Scenario, turn, params: T.EnvParams):
                                jnp.where(has_check, jnp.where(yes, T.SEG_YES, T.SEG_NO), T.SEG_EMPTY)[None],
                                jnp.array([T.SEG_FOOTER])]).astype(i32)
     keep = entries != T.SEG_EMPTY
-    queue = entries[jnp.argsort(~keep, stable=True)]
+    dest = jnp.where(keep, jnp.cumsum(keep) - 1, -1)  # the kept entries, in order, at the front
+    queue = jnp.where(dest[None, :] == jnp.arange(entries.shape[0])[:, None], entries[None, :], 0).sum(1)
+    queue = jnp.where(jnp.arange(entries.shape[0]) < keep.sum(), queue, T.SEG_EMPTY).astype(i32)
     q_len = jnp.where(inserted, keep.sum(), 0).astype(i32)
 
     any_call, any_task, any_fu = valid.any(), is_task.any(), is_fu.any()
@@ -208,7 +216,7 @@ def step(state: T.EnvState, scenario: T.Scenario, vocab: T.Vocab, token: jax.Arr
     # Policy byte: parser and the turn's text buffer.
     nb = jnp.where(feed, vocab.lengths[token], 0)
     data = vocab.table[token]
-    pstate = parser.feed_bytes(state.parser, data, nb)
+    pstate = parser.feed_token(state.parser, vocab.tokens, token, data, nb)
     MB, TB = data.shape[0], sh.text
     idx = jnp.where(jnp.arange(MB) < nb, state.text_len + jnp.arange(MB), TB)
     text = state.text.at[idx].set(data, mode="drop")
@@ -232,7 +240,7 @@ def step(state: T.EnvState, scenario: T.Scenario, vocab: T.Vocab, token: jax.Arr
 
     new = T.EnvState(
         key=state.key,
-        parser=_where(is_eos, parser.init(caps(sh)), pstate),
+        parser=_where(is_eos, parser.restart(pstate), pstate),
         done=state.done | done_final | truncated,
         truncated=state.truncated | truncated,
         turn=state.turn + is_eos,

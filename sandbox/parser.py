@@ -29,11 +29,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from sandbox import token_table
+from sandbox.token_table import TokenTable
 from sandbox.reference import (CALL_CLOSE, CALL_OPEN, CHECK_CLOSE, CHECK_OPEN, KIND_ARRAY, KIND_BOOL, KIND_INTEGER,
                                KIND_NONE, KIND_NULL, KIND_NUMBER, KIND_OBJECT, KIND_STRING, MARKER, THINK_CLOSE,
                                THINK_OPEN, Caps)
 
-__all__ = ["Caps", "ParserState", "Turn", "init", "feed", "feed_bytes", "finish", "parse",
+__all__ = ["Caps", "ParserState", "Turn", "TokenTable", "init", "feed", "feed_bytes", "feed_token", "restart", "finish",
+           "parse",
            "KIND_NONE", "KIND_STRING", "KIND_INTEGER", "KIND_NUMBER", "KIND_BOOL", "KIND_NULL", "KIND_ARRAY",
            "KIND_OBJECT"]
 
@@ -458,8 +461,8 @@ def _act_step(a: Act, b, buf: Buf, active, caps: Caps):
     cstart = a.cstart | nonws
     w_check = incheck & cstart & (a.clen < NB) & (a.n_checks == 0)
     check0 = _layout(caps)[3]
-    buf = buf._replace(bytes=_write(buf.bytes, jnp.where(incall, off_json, check0 + a.clen), jnp.where(incall, e_json, b),
-                                    active & ((incall & w_json) | w_check)))
+    write = (active & ((incall & w_json) | w_check), jnp.where(incall, off_json, check0 + a.clen),
+             jnp.where(incall, e_json, b))
     clen = a.clen + cstart
     clast = jnp.where(nonws, clen, a.clast)
     csnap = jnp.where(incheck & lt, jnp.stack([a.cstart.astype(i32), a.clen, a.clast]), a.csnap)
@@ -474,11 +477,12 @@ def _act_step(a: Act, b, buf: Buf, active, caps: Caps):
              n_calls=a.n_calls + close_call, n_checks=a.n_checks + close_check, json=json, snap=snap,
              cstart=jnp.where(opened, False, cstart), clen=jnp.where(opened, 0, clen),
              clast=jnp.where(opened, 0, clast), csnap=csnap)
-    return na, buf
+    return na, buf, write
 
 
-def _step(state: ParserState, byte, active) -> ParserState:
-    """One byte; with `active` False the state is unchanged (masked feeding)."""
+def _step(state: ParserState, byte, active):
+    """One byte; with `active` False the state is unchanged (masked feeding). Returns the new state (its stored
+    bytes not yet written) and the byte write (cond, offset, value) for `_write`."""
     caps = state.caps
     b = jnp.asarray(byte).astype(i32)
     active = jnp.asarray(active, bool)
@@ -491,23 +495,93 @@ def _step(state: ParserState, byte, active) -> ParserState:
     new_th = jnp.where(t0, jnp.where(ok0, jnp.where(tm == len(THINK_OPEN) - 1, 1, 0), 3), jnp.where(closes, 2, th))
     new_tm = jnp.where(t0, jnp.where(ok0 & (tm < len(THINK_OPEN) - 1), tm + 1, 0), jnp.where(th == 1, tm1, tm))
 
-    act, buf = _act_step(state.act, b, state.buf, active, caps)
+    act, buf, write = _act_step(state.act, b, state.buf, active, caps)
     act = jax.tree.map(lambda f, x: jnp.where(closes, f, x), _act_init(caps), act)
     new = (new_th, new_tm, act)
     old = (th, tm, state.act)
     new_th, new_tm, act = jax.tree.map(lambda n, o: jnp.where(active, n, o), new, old)
-    return ParserState(think=new_th, tm=new_tm, act=act, buf=buf, caps=caps)
+    return ParserState(think=new_th, tm=new_tm, act=act, buf=buf, caps=caps), write
+
+
+def _feed_byte(state: ParserState, byte, active) -> ParserState:
+    state, (cond, off, val) = _step(state, byte, active)
+    return state.replace(buf=state.buf._replace(bytes=_write(state.buf.bytes, off, val, cond)))
 
 
 def feed(state: ParserState, byte) -> ParserState:
     """Feed one byte (uint8[] or int)."""
-    return _step(state, byte, True)
+    return _feed_byte(state, byte, True)
 
 
 def feed_bytes(state: ParserState, data, n) -> ParserState:
     """Feed the first `n` bytes of `data` (uint8[N]), e.g. one token's bytes from a byte table."""
     data = jnp.asarray(data)
-    return jax.lax.fori_loop(0, data.shape[0], lambda i, s: _step(s, data[i], i < n), state)
+    return jax.lax.fori_loop(0, data.shape[0], lambda i, s: _feed_byte(s, data[i], i < n), state)
+
+
+def feed_token(state: ParserState, table: TokenTable, token, data, n) -> ParserState:
+    """Feed one token: its id `token`, its bytes `data` (uint8[MB], the byte-table row) and their count `n`
+    (0 feeds nothing). Equals `feed_bytes(state, data, n)` (the Turn `finish` reads is the same).
+
+    `table` is the tokenizer's `sandbox.token_table` on the device. A token that stays outside tool blocks moves
+    the tag automaton by one table lookup; only a token with a byte inside a call or check block runs the byte
+    loop, for its `n` bytes, so under `jax.vmap` the loop runs as often as the longest such token in the batch
+    (zero times when there is none). Its stored bytes are written with one scatter after the loop.
+    """
+    caps = state.caps
+    a = state.act
+    data = jnp.asarray(data)
+    n = jnp.asarray(n, i32)
+    ctrl = (state.think, state.tm, a.block, a.m_call, a.m_check, a.m_close)
+    x = table.index[sum(f * table.strides[k] for k, f in enumerate(ctrl))]
+    e = table.trans[table.cls[token], x]
+    flags = e >> 16
+    feed = n > 0
+    slow = feed & ((flags & token_table.TOUCHED) > 0)
+
+    # Table path: the control fields, has_text, and the restarts a think close or a block opening implies.
+    th, tm, block, m_call, m_check, m_close = (table.fields[e & 0xFFFF, k] for k in range(len(ctrl)))
+    text = (flags & token_table.TEXT) > 0
+    reset = (flags & token_table.RESET) > 0
+    opened_call = (flags & token_table.OPEN_CALL) > 0
+    opened = (flags & (token_table.OPEN_CALL | token_table.OPEN_CHECK)) > 0
+    fresh = _act_init(caps)
+    base = jax.tree.map(lambda f, o: jnp.where(reset, f, o), fresh, a)
+    fast = base._replace(block=block, m_call=m_call, m_check=m_check, m_close=m_close,
+                         has_text=jnp.where(reset, text, a.has_text | text),
+                         json=jax.tree.map(lambda f, o: jnp.where(opened_call, f, o), fresh.json, base.json),
+                         cstart=base.cstart & ~opened, clen=jnp.where(opened, 0, base.clen),
+                         clast=jnp.where(opened, 0, base.clast))
+
+    # Byte path, without the byte store in the loop carry: the writes are collected ([MB] offsets and values).
+    mb = data.shape[0]
+    store = state.buf.bytes
+    drop = store.shape[0] + jnp.arange(mb)  # distinct out-of-range offsets: dropped writes
+    lite = state.replace(buf=state.buf._replace(bytes=jnp.zeros(0, jnp.uint8)))
+
+    def body(c):
+        i, s, offs, vals = c
+        s, (w, off, val) = _step(s, data[i], True)
+        offs = jnp.where(w & (offs == off), drop, offs)  # a later write to the same byte wins
+        hit = w & (jnp.arange(mb) == i)
+        return i + 1, s, jnp.where(hit, off, offs), jnp.where(hit, jnp.asarray(val).astype(jnp.uint8), vals)
+
+    m = jnp.where(slow, n, 0)
+    init_c = (jnp.zeros((), i32), lite, drop, jnp.zeros(mb, jnp.uint8))
+    _, s, offs, vals = jax.lax.while_loop(lambda c: c[0] < m, body, init_c)
+    store = store.at[offs].set(vals, mode="drop", unique_indices=True)
+
+    pick = lambda x, y: jax.tree.map(lambda u, v: jnp.where(slow, u, v), x, y)  # noqa: E731
+    unfed = (state.think, state.tm, a)
+    th, tm, act = pick((s.think, s.tm, s.act), jax.tree.map(lambda u, v: jnp.where(feed, u, v), (th, tm, fast), unfed))
+    return ParserState(think=th, tm=tm, act=act, buf=s.buf._replace(bytes=store), caps=caps)
+
+
+def restart(state: ParserState) -> ParserState:
+    """`init` for the next turn, keeping the byte store as it is (`finish` reads only bytes below the lengths the
+    next turn writes, so zeroing it would be a pass over the whole store for nothing)."""
+    new = init(state.caps)
+    return new.replace(buf=new.buf._replace(bytes=state.buf.bytes))
 
 
 def finish(state: ParserState) -> Turn:

@@ -24,7 +24,7 @@ Decisions (one per threat channel, `Outcome.user_decision` / `Outcome.tool_decis
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 from flax import struct
@@ -154,11 +154,13 @@ class EnvParams(NamedTuple):
 
 
 class Vocab(NamedTuple):
-    """A tokenizer as arrays: table uint8[V, MB] and lengths int32[V] (the bytes each id writes), eos_id, pad_id."""
+    """A tokenizer as arrays: table uint8[V, MB] and lengths int32[V] (the bytes each id writes), eos_id, pad_id,
+    and what each id does to the parser's tag automaton (`sandbox.token_table.TokenTable`, device arrays)."""
     table: jax.Array
     lengths: jax.Array
     eos_id: jax.Array
     pad_id: jax.Array
+    tokens: Any
 
 
 class Tally(NamedTuple):
