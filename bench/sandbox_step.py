@@ -13,6 +13,7 @@ done), live steps/s of the Python side, and their ratio.
 
   python bench/sandbox_step.py                       # batch 1024, built-in tokenizer
   python bench/sandbox_step.py --tokenizer=byte --batch=256
+  python bench/sandbox_step.py --tokenizer=hf --hf_dir=models/smollm2-135m-instruct   # SmolLM2's 49,152 pieces
 """
 import time
 
@@ -28,19 +29,23 @@ from sandbox import types as T
 from sandbox.catalogue import CATALOGUE
 
 flags.DEFINE_integer("batch", 1024, "episodes stepped in lockstep (vmapped)")
-flags.DEFINE_enum("tokenizer", "builtin", ["builtin", "byte"], "tokenizer the scenarios are compiled with")
+flags.DEFINE_enum("tokenizer", "builtin", ["builtin", "byte", "hf"], "tokenizer the scenarios are compiled with")
+flags.DEFINE_string("hf_dir", "models/smollm2-135m-instruct", "Hugging Face directory of --tokenizer=hf")
 flags.DEFINE_float("yes_prob", 0.5, "chance a check is answered yes")
 flags.DEFINE_integer("python_episodes", 128, "episodes the Python loop runs (its rate is per step)")
 flags.DEFINE_integer("repeats", 3, "timed runs of the jitted side (best is reported)")
 FLAGS = flags.FLAGS
 
 SHAPES = {"builtin": T.Shapes(prompt=768, seg=160, script=200, text=256),
-          "byte": T.Shapes(prompt=1536, seg=320, script=400, text=256)}
+          "byte": T.Shapes(prompt=1536, seg=320, script=400, text=256),
+          "hf": T.Shapes(prompt=512, seg=160, script=200, text=256)}
 
 
 def load_tokenizer(name):
     from agent_rl import tokenizer as tk
 
+    if name == "hf":
+        return tk.hf_tokenizer(FLAGS.hf_dir)
     return tk.builtin_tokenizer() if name == "builtin" else tk.ByteTokenizer()
 
 
