@@ -535,6 +535,23 @@ class Transformer(nnx.Module):
     return logits, cache
 
 
+def _row_spec():
+  """(PartitionSpec of the batch axis, number of row shards) on the current mesh; (None, 1) without one."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if not mesh.axis_names:
+    return None, 1
+  from agent_rl import sharding  # lazily: sharding is the mesh layer above the model
+
+  spec = sharding.logical_to_spec(("batch",), mesh=mesh)
+  axes = (spec[0],) if isinstance(spec[0], str) else tuple(spec[0] or ())
+  return spec, math.prod(mesh.shape[a] for a in axes)
+
+
+def row_shards() -> int:
+  """How many ways the current mesh splits a batch's rows (1 without a mesh)."""
+  return _row_spec()[1]
+
+
 def shard_rows(x: jax.Array) -> jax.Array:
   """x [B, ...] with its rows split over the current mesh's batch axes (`sharding.DEFAULT_RULES["batch"]`).
 
@@ -542,17 +559,15 @@ def shard_rows(x: jax.Array) -> jax.Array:
   Without this constraint XLA carries the weights' "embed" sharding into the residual stream, so every device
   computes every row of a microbatch (activations and logits not split at all).
   """
-  mesh = jax.sharding.get_abstract_mesh()
-  if not mesh.axis_names or x.ndim == 0:
-    return x
-  from agent_rl import sharding  # lazily: sharding is the mesh layer above the model
-
-  spec = sharding.logical_to_spec(("batch",), mesh=mesh)
-  axes = (spec[0],) if isinstance(spec[0], str) else tuple(spec[0] or ())
-  size = math.prod(mesh.shape[a] for a in axes)
-  if size == 1 or x.shape[0] % size:
+  spec, size = _row_spec()
+  if size == 1 or x.ndim == 0 or x.shape[0] % size:
     return x
   return jax.lax.with_sharding_constraint(x, spec)
+
+
+def take_rows(cache: Cache, rows: jax.Array) -> Cache:
+  """The cache of rows `rows` int32[n] only (k and v keep their [layers] axis first)."""
+  return cache._replace(k=cache.k[:, rows], v=cache.v[:, rows], valid=cache.valid[rows], pos=cache.pos[rows])
 
 
 def _cache_mask(cache_valid: jax.Array, index: jax.Array, new_valid: jax.Array) -> jax.Array:

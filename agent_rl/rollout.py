@@ -1,6 +1,7 @@
-"""One jitted multi-turn rollout: the policy decodes, the sandbox answers, all inside one `lax.while_loop`.
+"""One jitted multi-turn rollout: the policy decodes, the sandbox answers, all inside one jitted loop.
 
-Every step of the loop emits one token per episode. The sandbox says whether it has a token of its own to insert
+Every step of the loop emits one token per live episode (`lax.while_loop`; once half the rows are done the loop
+goes on with the live ones only, see `run`). The sandbox says whether it has a token of its own to insert
 (a tool response, a check result, the next assistant header); if so that token is forced, otherwise the policy's
 sampled token is used. Either way the token goes through the sandbox's byte-level parser and into the model's KV
 cache, so nothing is detokenized or retokenized between turns: the tokens the policy sampled are exactly the
@@ -45,10 +46,12 @@ class Trajectory(NamedTuple):
 
 
 class Policy(NamedTuple):
-    """act(carry, env_state, scenario, key) -> (token int32[B], logprob f32[B]);
-    observe(carry, token int32[B], live bool[B]) -> carry, after the step's token (sampled or forced) is known."""
+    """act(carry, env_state, scenario, keys) -> (token int32[B], logprob f32[B]); keys: one PRNG key per row;
+    observe(carry, token int32[B], live bool[B]) -> carry, after the step's token (sampled or forced) is known;
+    take(carry, rows int32[n]) -> the carry of those rows only (`run` drops finished rows as it goes)."""
     act: Callable
     observe: Callable
+    take: Callable
 
 
 def prompt_valid(scenario) -> jax.Array:
@@ -60,33 +63,56 @@ def prompt_valid(scenario) -> jax.Array:
 def model_policy(model: model_lib.Transformer, temperature: float | jax.Array) -> Policy:
     """Samples from the model; the carry is (KV cache, logits of the next token f32[B, V])."""
 
-    def act(carry, env_state, scenario, key):
+    def act(carry, env_state, scenario, keys):
         _, logits = carry
-        return sampling.sample_token(key, logits, temperature)
+        return sampling.sample_token(keys, logits, temperature)
 
     def observe(carry, token, live):
         cache, _ = carry
         logits, cache = model_lib.prefill(model, cache, token[:, None], live[:, None])
         return cache, logits[:, 0]
 
-    return Policy(act, observe)
+    def take(carry, rows):
+        cache, logits = carry
+        return model_lib.take_rows(cache, rows), logits[rows]
+
+    return Policy(act, observe, take)
 
 
-def scripted_policy(policy_id: jax.Array) -> Policy:
-    """Sandbox scripted policies (int32[B] ids into `sandbox.types.POLICIES`) through the same token path; carry ()."""
+def scripted_policy() -> Policy:
+    """Sandbox scripted policies through the same token path; the carry is their ids int32[B] (rows of
+    `sandbox.types.POLICIES`)."""
 
-    def act(carry, env_state, scenario, key):
-        token = jax.vmap(scripted_lib.scripted_token)(env_state, scenario, policy_id)
+    def act(carry, env_state, scenario, keys):
+        token = jax.vmap(scripted_lib.scripted_token)(env_state, scenario, carry)
         return token.astype(jnp.int32), jnp.zeros(token.shape, jnp.float32)
 
-    return Policy(act, lambda carry, token, live: carry)
+    return Policy(act, lambda carry, token, live: carry, lambda carry, rows: carry[rows])
 
 
-def run(policy: Policy, carry, scenario, vocab, key: jax.Array, env_params, max_new_tokens: int) -> Trajectory:
+def batch_sizes(b: int, halvings: int) -> list[int]:
+    """The batch sizes `run` steps at: b, then halved up to `halvings` times while the halves still split evenly
+    over the mesh's row shards (`model.row_shards`)."""
+    shards, sizes = model_lib.row_shards(), [b]
+    for _ in range(halvings):
+        half = sizes[-1] // 2
+        if sizes[-1] % 2 or half < shards or half % shards:
+            break
+        sizes.append(half)
+    return sizes
+
+
+def run(policy: Policy, carry, scenario, vocab, key: jax.Array, env_params, max_new_tokens: int,
+        halvings: int = 0) -> Trajectory:
     """Run B episodes to the end (or the token budget). Pure and jit-able; `max_new_tokens` is static and should
     equal `env_params.max_tokens`, where the sandbox truncates an episode.
 
     scenario: a batched sandbox Scenario [B, ...]; vocab: the sandbox's byte table of the tokenizer.
+    halvings (static): once no more than half of the rows being stepped are live, the loop drops the finished rows
+    and goes on with half as many (at most `halvings` times, `batch_sizes`): lockstep decoding otherwise pays for
+    every finished row until the longest episode ends. Each size compiles its own copy of the loop body. Every row
+    samples with its own key (the step's key folded with the row's index), so an episode's tokens do not depend on
+    which rows share its batch or on `halvings` (up to floating-point differences between batch sizes).
     """
     b, p = scenario.prompt.shape
     t_max = max_new_tokens
@@ -94,42 +120,47 @@ def run(policy: Policy, carry, scenario, vocab, key: jax.Array, env_params, max_
     env_state = jax.vmap(env_lib.reset, in_axes=(0, 0, None))(jax.random.split(k_env, b), scenario, env_params)
     step_env = jax.vmap(env_lib.step, in_axes=(0, 0, None, 0, None))
     forced_token = jax.vmap(env_lib.forced_token)
+    row_key = jax.vmap(jax.random.fold_in, in_axes=(None, 0))
 
-    tokens = jnp.full((b, t_max), vocab.pad_id, jnp.int32)
-    live_buf = jnp.zeros((b, t_max), bool)
-    policy_buf = jnp.zeros((b, t_max), bool)
-    logp_buf = jnp.zeros((b, t_max), jnp.float32)
-
-    def cond(c):
-        t, _, env_state, *_ = c
-        return (t < t_max) & ~jnp.all(env_state.done)
+    # Outputs [B, T] of every row; the loop writes the rows it steps (`rows`: their indices in the batch).
+    out = (jnp.full((b, t_max), vocab.pad_id, jnp.int32), jnp.zeros((b, t_max), bool), jnp.zeros((b, t_max), bool),
+           jnp.zeros((b, t_max), jnp.float32))
 
     def body(c):
-        t, carry, env_state, tokens, live_buf, policy_buf, logp_buf = c
-        sampled, logp = policy.act(carry, env_state, scenario, jax.random.fold_in(k_loop, t))
-        f_tok, forced = forced_token(env_state, scenario)
+        t, carry, env_state, scen, rows, (tokens, live_buf, policy_buf, logp_buf) = c
+        sampled, logp = policy.act(carry, env_state, scen, row_key(jax.random.fold_in(k_loop, t), rows))
+        f_tok, forced = forced_token(env_state, scen)
         live = ~env_state.done
         token = jnp.where(live, jnp.where(forced, f_tok, sampled), vocab.pad_id).astype(jnp.int32)
         by_policy = live & ~forced
-        new_state = step_env(env_state, scenario, vocab, token, env_params)
+        new_state = step_env(env_state, scen, vocab, token, env_params)
         # Finished episodes stay exactly as they were (the sandbox never sees their padding).
         env_state = jax.tree.map(lambda n, o: jnp.where(_bcast(live, n), n, o), new_state, env_state)
         carry = policy.observe(carry, token, live)
-        tokens = tokens.at[:, t].set(token)
-        live_buf = live_buf.at[:, t].set(live)
-        policy_buf = policy_buf.at[:, t].set(by_policy)
-        logp_buf = logp_buf.at[:, t].set(jnp.where(by_policy, logp, 0.0))
-        return t + 1, carry, env_state, tokens, live_buf, policy_buf, logp_buf
+        out = (tokens.at[rows, t].set(token), live_buf.at[rows, t].set(live), policy_buf.at[rows, t].set(by_policy),
+               logp_buf.at[rows, t].set(jnp.where(by_policy, logp, 0.0)))
+        return t + 1, carry, env_state, scen, rows, out
 
-    init = (jnp.zeros((), jnp.int32), carry, env_state, tokens, live_buf, policy_buf, logp_buf)
-    _, _, env_state, tokens, live_buf, policy_buf, logp_buf = jax.lax.while_loop(cond, body, init)
+    final = env_state  # every row's state, written back before a row is dropped
+    c = (jnp.zeros((), jnp.int32), carry, env_state, scenario, jnp.arange(b), out)
+    sizes = batch_sizes(b, halvings)
+    for i, n in enumerate(sizes):
+        keep = sizes[i + 1] if i + 1 < len(sizes) else 0  # step while more rows than the next size are live
+        c = jax.lax.while_loop(lambda c: (c[0] < t_max) & (jnp.sum(~c[2].done) > keep), body, c)
+        t, carry, env_state, scen, rows, out = c
+        final = jax.tree.map(lambda f, e: f.at[rows].set(e), final, env_state)
+        if keep:
+            pick = jnp.argsort(env_state.done, stable=True)[:keep]  # the live rows first
+            c = (t, policy.take(carry, pick), jax.tree.map(lambda x: x[pick], env_state),
+                 jax.tree.map(lambda x: x[pick], scen), rows[pick], out)
+    tokens, live_buf, policy_buf, logp_buf = out
     pv = prompt_valid(scenario)
     return Trajectory(
         tokens=jnp.concatenate([jnp.where(pv, scenario.prompt, vocab.pad_id), tokens], axis=1),
         valid=jnp.concatenate([pv, live_buf], axis=1),
         policy_mask=jnp.concatenate([jnp.zeros_like(pv), policy_buf], axis=1),
         logprobs=jnp.concatenate([jnp.zeros(pv.shape, jnp.float32), logp_buf], axis=1),
-        env_state=env_state,
+        env_state=final,
     )
 
 
@@ -137,21 +168,22 @@ def _bcast(mask: jax.Array, x: jax.Array) -> jax.Array:
     return mask.reshape(mask.shape + (1,) * (x.ndim - 1))
 
 
-@partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
-def sample_episodes(graphdef, params, scenario, vocab, key, env_params, temperature, *, max_new_tokens: int):
+@partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "halvings"))
+def sample_episodes(graphdef, params, scenario, vocab, key, env_params, temperature, *, max_new_tokens: int,
+                    halvings: int = 2):
     """The model's rollout: prefill the prompts, then `run` with the model policy. Returns a Trajectory."""
     model = nnx.merge(graphdef, params)
     b, p = scenario.prompt.shape
     cache = model_lib.init_cache(model.cfg, b, p + max_new_tokens)
     logits, cache = model_lib.prefill(model, cache, scenario.prompt, prompt_valid(scenario))
     return run(model_policy(model, temperature), (cache, logits[:, -1]), scenario, vocab, key, env_params,
-               max_new_tokens)
+               max_new_tokens, halvings)
 
 
-@partial(jax.jit, static_argnames=("max_new_tokens",))
-def scripted_episodes(policy_id, scenario, vocab, key, env_params, *, max_new_tokens: int):
+@partial(jax.jit, static_argnames=("max_new_tokens", "halvings"))
+def scripted_episodes(policy_id, scenario, vocab, key, env_params, *, max_new_tokens: int, halvings: int = 0):
     """A scripted policy's rollout (no model): demonstrations for SFT and reference numbers for evaluation."""
-    return run(scripted_policy(policy_id), (), scenario, vocab, key, env_params, max_new_tokens)
+    return run(scripted_policy(), policy_id, scenario, vocab, key, env_params, max_new_tokens, halvings)
 
 
 def trim(traj: Trajectory, multiple: int = 32) -> Trajectory:

@@ -25,14 +25,26 @@ def top_p_filter(logits: jax.Array, top_p: float) -> jax.Array:
   return jnp.where(logits >= threshold, logits, -jnp.inf)
 
 
+def _per_row(key: jax.Array) -> bool:
+  """True for a batch of keys (typed keys [B], or raw uint32 keys [B, 2]), False for one key."""
+  typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+  return key.ndim > (0 if typed else 1)
+
+
 def categorical(key: jax.Array, logits: jax.Array) -> jax.Array:
   """int32[B]: one draw per row from softmax(logits [B, V]) by inverting the CDF with one uniform per row.
+
+  key: one key, or one key per row (keys [B]).
 
   The same distribution as `jax.random.categorical`, which draws B x V Gumbel variates: on a CPU that was most
   of the cost of a decoding step of a small model. Tokens with probability 0 (logit -inf) are never drawn.
   """
   cdf = jnp.cumsum(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=-1)
-  u = jax.random.uniform(key, (logits.shape[0], 1), jnp.float32) * cdf[:, -1:]
+  if _per_row(key):  # one key per row: a row's draw does not depend on which rows share its batch
+    u = jax.vmap(lambda k: jax.random.uniform(k, (1,), jnp.float32))(key)
+  else:
+    u = jax.random.uniform(key, (logits.shape[0], 1), jnp.float32)
+  u = u * cdf[:, -1:]
   # The first index whose cumulative mass exceeds u; a zero-probability token never adds mass, so never wins.
   token = jnp.sum(cdf <= u, axis=-1)
   return jnp.minimum(token, logits.shape[-1] - 1).astype(jnp.int32)
@@ -42,10 +54,11 @@ def sample_token(key: jax.Array, logits: jax.Array, temperature: float | jax.Arr
                  top_p: float = 1.0) -> tuple[jax.Array, jax.Array]:
   """Pick one token per row. logits float[B, V] -> (token int32[B], logprob float32[B]).
 
-  temperature 0 is greedy (argmax); temperature may be a traced scalar. top_p (a Python float) restricts
-  sampling to the nucleus. The returned logprob is log_softmax(logits)[token]: the token's log-probability under
-  the model's own distribution (temperature 1, no nucleus), which is what a policy-gradient loss recomputes from
-  `forward`; it is not the log-probability under the tempered/truncated sampling distribution.
+  key: one key, or one per row (`categorical`). temperature 0 is greedy (argmax); temperature may be a traced
+  scalar. top_p (a Python float) restricts sampling to the nucleus. The returned logprob is
+  log_softmax(logits)[token]: the token's log-probability under the model's own distribution (temperature 1, no
+  nucleus), which is what a policy-gradient loss recomputes from `forward`; it is not the log-probability under the
+  tempered/truncated sampling distribution.
   """
   logits = logits.astype(jnp.float32)
   logprobs = jax.nn.log_softmax(logits, axis=-1)

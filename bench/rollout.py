@@ -17,7 +17,8 @@ sampled rollout.
 
 Jitted side: `agent_rl.rollout.run` with such a policy, inside one jit: prefill the prompts, then one
 `lax.while_loop` where every step emits one token per episode (the sandbox's forced token or the policy's), steps
-the vmapped sandbox and appends the token to the KV cache, until every episode is done.
+the vmapped sandbox and appends the token to the KV cache, until every episode is done; with `--halvings` (default 2,
+as `rollout.sample_episodes`) the loop drops finished rows whenever no more than half are live, up to that many times.
 
 Host-loop side, as a host-driven agent loop does it: per turn, a jitted decode loop (`lax.while_loop`, KV cache)
 emits the policy turn of every live episode, stopping each at its end-of-turn token or the turn / episode token
@@ -71,6 +72,8 @@ flags.DEFINE_string("cache_dir", "cache", "tokenizer cache directory (relative t
 flags.DEFINE_string("hf_dir", "", "Hugging Face model directory: its weights and its tokenizer (default: the tiny "
                     "config's random model and built-in tokenizer)")
 flags.DEFINE_integer("repeats", 2, "timed runs per side (best is reported)")
+flags.DEFINE_integer("halvings", 2, "jitted side: times the loop may halve its batch as rows finish (`rollout.run`; "
+                     "2 as in `rollout.sample_episodes`)")
 flags.DEFINE_integer("seed", 0, "model init, scenario generation and rollout key")
 FLAGS = flags.FLAGS
 
@@ -89,28 +92,33 @@ def scripted_act(key, logits, scripted_tok, temperature):
     return token, logp
 
 
-def scripted_model_policy(model, policy_id, temperature) -> rollout.Policy:
-    """`rollout.model_policy`'s carry and cache updates, with the scripted policy's token emitted."""
+def scripted_model_policy(model, temperature) -> rollout.Policy:
+    """`rollout.model_policy`'s cache updates, with the scripted policy's token emitted; the carry is
+    (KV cache, logits, policy ids int32[B])."""
     base = rollout.model_policy(model, temperature)
 
-    def act(carry, env_state, scenario, key):
-        tok = jax.vmap(scripted.scripted_token)(env_state, scenario, policy_id)
-        return scripted_act(key, carry[1], tok, temperature)
+    def act(carry, env_state, scenario, keys):
+        tok = jax.vmap(scripted.scripted_token)(env_state, scenario, carry[2])
+        return scripted_act(keys, carry[1], tok, temperature)
 
-    return rollout.Policy(act, base.observe)
+    def observe(carry, token, live):
+        return base.observe(carry[:2], token, live) + (carry[2],)
+
+    return rollout.Policy(act, observe, lambda carry, rows: base.take(carry[:2], rows) + (carry[2][rows],))
 
 
 # --- jitted side -------------------------------------------------------------------------------------------------
 
-@partial(jax.jit, static_argnames=("graphdef", "max_new_tokens"))
-def jit_rollout(graphdef, params, scenario, vocab, key, env_params, policy_id, temperature, *, max_new_tokens):
+@partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "halvings"))
+def jit_rollout(graphdef, params, scenario, vocab, key, env_params, policy_id, temperature, *, max_new_tokens,
+                halvings):
     """Prompts -> finished episodes in one jit. Returns (tokens int32[B, P + T], valid bool[B, P + T], n_tokens[B])."""
     model = nnx.merge(graphdef, params)
     b, p = scenario.prompt.shape
     cache = model_lib.init_cache(model.cfg, b, p + max_new_tokens)
     logits, cache = model_lib.prefill(model, cache, scenario.prompt, rollout.prompt_valid(scenario))
-    traj = rollout.run(scripted_model_policy(model, policy_id, temperature), (cache, logits[:, -1]), scenario, vocab,
-                       key, env_params, max_new_tokens)
+    traj = rollout.run(scripted_model_policy(model, temperature), (cache, logits[:, -1], policy_id), scenario, vocab,
+                       key, env_params, max_new_tokens, halvings)
     return traj.tokens, traj.valid, traj.env_state.n_tokens
 
 
@@ -347,7 +355,7 @@ def main(_):
     # Jitted side.
     def run_jit():
         return jax.block_until_ready(jit_rollout(graphdef, params, scenario, vocab, key, env_params, policy_id,
-                                                 temperature, max_new_tokens=n_new))
+                                                 temperature, max_new_tokens=n_new, halvings=FLAGS.halvings))
 
     jit_warm, jit_best, (jit_out, *_) = common.first_and_best(run_jit, FLAGS.repeats)
     jit_tokens, jit_valid, jit_n = (np.asarray(x) for x in jit_out)

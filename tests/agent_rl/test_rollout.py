@@ -9,7 +9,7 @@ from flax import nnx
 
 from agent_rl import grpo
 from agent_rl import model as model_lib
-from agent_rl import rollout
+from agent_rl import rollout, sampling
 from agent_rl import tokenizer as tok_lib
 from sandbox import catalogue, generate, scripted
 from sandbox import compile as compile_lib
@@ -106,6 +106,55 @@ def test_model_rollout_logprobs_and_mask(world):
         for start, stop, by_policy in _runs(mask[b, p:] | ~valid[b, p:]):
             if not by_policy:
                 assert start > 0 and tokens[b, p + start - 1] == tok.eos_id
+
+
+def test_batch_sizes():
+    assert rollout.batch_sizes(128, 2) == [128, 64, 32]
+    assert rollout.batch_sizes(22, 3) == [22, 11]  # 11 does not halve
+    assert rollout.batch_sizes(1, 2) == [1] and rollout.batch_sizes(64, 0) == [64]
+
+
+def _assert_same_trajectory(a, b, logprob_atol=0.0):
+    for name in ("tokens", "valid", "policy_mask"):
+        np.testing.assert_array_equal(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)), err_msg=name)
+    np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=logprob_atol)
+    for path, x, y in zip(jax.tree_util.tree_leaves_with_path(a.env_state), jax.tree.leaves(a.env_state),
+                          jax.tree.leaves(b.env_state)):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path[0]))
+
+
+def test_halving_the_batch_changes_no_episode(world):
+    """Dropping finished rows (halvings > 0) gives the same trajectories and final env states as stepping every row
+    to the end: scripted episodes exactly, sampled model episodes token for token (each row has its own key)."""
+    _, specs, scen, vocab, model = world
+    n = len(specs)
+    ids = jnp.asarray(np.arange(n) % len(T.POLICIES), jnp.int32)
+    runs = [rollout.scripted_episodes(ids, scen, vocab, jax.random.key(3), PARAMS, max_new_tokens=PARAMS.max_tokens,
+                                      halvings=h) for h in (0, 3)]
+    lengths = np.asarray(runs[0].valid).sum(1)
+    assert lengths.min() < lengths.max()
+    _assert_same_trajectory(*runs)
+    graphdef, params = nnx.split(model, nnx.Param)
+    params_env = PARAMS._replace(max_turn_tokens=24, max_tokens=64)
+    sampled = [rollout.sample_episodes(graphdef, params, scen, vocab, jax.random.key(4), params_env, 1.0,
+                                       max_new_tokens=64, halvings=h) for h in (0, 2)]
+    lengths = np.asarray(sampled[0].valid).sum(1)
+    assert lengths.min() < lengths.max()  # rows end at different steps, so the halved run did drop rows
+    _assert_same_trajectory(*sampled, logprob_atol=1e-5)
+
+
+def test_per_row_keys_make_draws_independent_of_the_batch():
+    """With one key per row, a row's draw is the same whatever rows share its batch."""
+    logits = jax.random.normal(jax.random.key(0), (6, 50))
+    keys = jax.random.split(jax.random.key(1), 6)
+    whole = np.asarray(sampling.categorical(keys, logits))
+    for rows in ([0], [5, 2], [3, 4, 1]):
+        part = np.asarray(sampling.categorical(keys[np.array(rows)], logits[np.array(rows)]))
+        np.testing.assert_array_equal(part, whole[rows])
+    # One key for the batch still draws one uniform per row, as before.
+    assert sampling.categorical(jax.random.key(1), logits).shape == (6,)
 
 
 def test_repeat_group(world):
