@@ -118,11 +118,10 @@ def _assert_same_trajectory(a, b, logprob_atol=0.0):
     for name in ("tokens", "valid", "policy_mask"):
         np.testing.assert_array_equal(np.asarray(getattr(a, name)), np.asarray(getattr(b, name)), err_msg=name)
     np.testing.assert_allclose(np.asarray(a.logprobs), np.asarray(b.logprobs), atol=logprob_atol)
-    for path, x, y in zip(jax.tree_util.tree_leaves_with_path(a.env_state), jax.tree.leaves(a.env_state),
-                          jax.tree.leaves(b.env_state)):
+    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a.env_state), jax.tree.leaves(b.env_state)):
         if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
             x, y = jax.random.key_data(x), jax.random.key_data(y)
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path[0]))
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=jax.tree_util.keystr(path))
 
 
 def test_halving_the_batch_changes_no_episode(world):
