@@ -350,6 +350,21 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.
   return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(b, t, h, hd)
 
 
+def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, block: int) -> jax.Array:
+  """`attention` for a causal mask (T == S, no query sees a later slot), skipping the key blocks after each block
+  of `block` queries: query block i reads keys [0, (i + 1) * block) only. Same shapes and result as `attention`
+  (the skipped scores are masked there, so they add exact zeros), for about (n + 1) / 2n of its score work with
+  n = ceil(T / block) blocks: on a CPU the [B, heads, T, S] softmax, not the products, is most of its time."""
+  t = q.shape[1]
+  if block <= 0 or t <= block:
+    return attention(q, k, v, mask)
+  outs = []
+  for start in range(0, t, block):
+    end = min(start + block, t)
+    outs.append(attention(q[:, start:end], k[:, :end], v[:, :end], mask[:, start:end, :end]))
+  return jnp.concatenate(outs, axis=1)
+
+
 def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, layer: jax.Array, mask: jax.Array,
                      k_new: jax.Array, v_new: jax.Array, mask_new: jax.Array, n_used: jax.Array,
                      block: int = 64) -> jax.Array:
@@ -476,7 +491,8 @@ class Transformer(nnx.Module):
       self.lm_head = _param(rngs, (cfg.d_model, cfg.vocab_size), ("embed", "vocab"), cfg)
 
   def __call__(self, tokens: jax.Array, positions: jax.Array, attn_mask: jax.Array | None = None,
-               cache: Cache | None = None, dropout_key: jax.Array | None = None) -> tuple[jax.Array, Cache | None]:
+               cache: Cache | None = None, dropout_key: jax.Array | None = None,
+               causal_block: int = 0) -> tuple[jax.Array, Cache | None]:
     """Run T new tokens.
 
     tokens, positions: int32[B, T].
@@ -486,6 +502,8 @@ class Transformer(nnx.Module):
     after the query's own slot". The returned cache has k and v updated; `valid`, `pos` and `index` are the
     caller's bookkeeping (`prefill` / `decode_step` do it).
     dropout_key: LoRA dropout (cfg.lora_dropout) is applied only when given.
+    causal_block > 0 (no cache, T == S): attn_mask is causal, and each block of that many queries skips the keys
+    after it (`causal_attention`).
     Returns logits float32[B, T, vocab] and the cache (None without one).
     """
     cfg = self.cfg
@@ -513,7 +531,7 @@ class Transformer(nnx.Module):
       h = rms_norm(x, blk.attn_norm[...], cfg.rms_eps)
       q, k, v = blk.attn.qkv(h, positions, key)
       if cache is None:
-        y = attention(q, k, v, attn_mask)
+        y = causal_attention(q, k, v, attn_mask, causal_block)
       else:
         y = cached_attention(q, cache.k, cache.v, index, mask_old, k, v, mask_new, cache.index)
       x = x + blk.attn.out(y, key)
@@ -590,16 +608,24 @@ def positions_from_valid(valid: jax.Array, start: jax.Array | int = 0) -> jax.Ar
   return jnp.maximum(start + jnp.cumsum(valid, axis=1, dtype=jnp.int32) - 1, start).astype(jnp.int32)
 
 
-def forward(model: Transformer, tokens: jax.Array, valid: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+# Query rows per block of the training forward's causal attention (`causal_attention`). Loss gradients on the
+# 2-core CPU, without blocks / blocks of 128 / of 64: the default model [8, 384] 0.364 / 0.307 / 0.300 s and
+# [8, 512] 0.594 / 0.446 / 0.436 s; SmolLM2 with LoRA [4, 256] 5.35 / 5.24 / 5.40 s and [4, 512] 12.9 / 11.2 /
+# 11.4 s. Small heads spend their attention time on the softmax, which the skipped blocks save.
+CAUSAL_BLOCK = 128
+
+
+def forward(model: Transformer, tokens: jax.Array, valid: jax.Array, dropout_key: jax.Array | None = None,
+            causal_block: int = CAUSAL_BLOCK) -> jax.Array:
   """Full-sequence logits for training. tokens int32[B, T], valid bool[B, T] -> float32[B, T, vocab].
 
   Causal attention restricted to valid tokens; positions count valid tokens (left padding gives each row
   positions 0, 1, ... from its first real token). Logits at padding positions are meaningless.
-  dropout_key turns on LoRA dropout (if the config has any).
+  dropout_key turns on LoRA dropout (if the config has any). causal_block: see `causal_attention` (0: one block).
   """
   t = tokens.shape[1]
   mask = jnp.tril(jnp.ones((t, t), bool))[None] & valid[:, None, :]
-  logits, _ = model(tokens, positions_from_valid(valid), mask, dropout_key=dropout_key)
+  logits, _ = model(tokens, positions_from_valid(valid), mask, dropout_key=dropout_key, causal_block=causal_block)
   return logits
 
 

@@ -277,3 +277,35 @@ def test_cached_attention_equals_attention_over_cache_and_new_tokens(s_max, n_us
     seen = full.any(-1)  # a query that sees nothing is padding: any finite output will do
     np.testing.assert_allclose(np.asarray(got)[seen], np.asarray(want)[seen], atol=1e-5, rtol=1e-5)
     assert np.isfinite(np.asarray(got)).all()
+
+
+@pytest.mark.parametrize("t,block", [(40, 16), (48, 16), (33, 8), (16, 64), (20, 0)])
+def test_causal_attention_equals_attention_with_its_causal_mask(t, block):
+  """Skipping the key blocks after each query block changes nothing that a causal mask lets through: values and
+  gradients equal full attention's on every query that sees a slot (left padding, right padding, an empty row)."""
+  rng = np.random.default_rng(t + block)
+  b, h, kvh, hd = 4, 4, 2, 8
+  q, k, v = (jnp.asarray(rng.normal(size=(b, t, n, hd)), jnp.float32) for n in (h, kvh, kvh))
+  cols = np.arange(t)
+  valid = np.stack([cols >= 5, cols < t - 7, np.ones(t, bool), np.zeros(t, bool)])
+  mask = jnp.asarray(np.tril(np.ones((t, t), bool))[None] & valid[:, None, :])
+  seen = np.asarray(mask.any(-1))
+  got = M.causal_attention(q, k, v, mask, block)
+  want = M.attention(q, k, v, mask)
+  assert got.shape == want.shape == (b, t, h, hd)
+  np.testing.assert_allclose(np.asarray(got)[seen], np.asarray(want)[seen], atol=1e-6, rtol=1e-6)
+  assert np.isfinite(np.asarray(got)).all()
+  w = jnp.asarray(rng.normal(size=(b, t, h, hd)) * seen[:, :, None, None], jnp.float32)
+  loss = lambda f: lambda q, k, v: jnp.sum(f(q, k, v) * w)  # noqa: E731
+  g_got = jax.grad(loss(lambda q, k, v: M.causal_attention(q, k, v, mask, block)), argnums=(0, 1, 2))(q, k, v)
+  g_want = jax.grad(loss(lambda q, k, v: M.attention(q, k, v, mask)), argnums=(0, 1, 2))(q, k, v)
+  for a, e in zip(g_got, g_want):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(e), atol=1e-5, rtol=1e-5)
+
+
+def test_forward_with_causal_blocks_equals_one_block(model):
+  tokens, valid = batch(40)
+  a = M.forward(model, tokens, valid, causal_block=0)
+  b = M.forward(model, tokens, valid, causal_block=16)
+  np.testing.assert_allclose(np.asarray(b)[np.asarray(valid)], np.asarray(a)[np.asarray(valid)], atol=1e-5,
+                             rtol=1e-5)
