@@ -10,7 +10,7 @@ Each run is `launch/train.py` in a subprocess (its own JAX process and memory; i
 `<workdir>/train.log`), so a notebook kernel stays small and a failed run raises one error naming its log. A
 finished workdir is resumed, which returns at once with the same results. `SCALES` names the sizes a notebook can
 pick: `smoke` (the micro config: seconds to a minute on a CPU), `cpu` (the default config with 400 SFT and 26 GRPO
-steps, ~11 minutes a run: the size docs/ablations.md was measured at), `gpu` (three times those GRPO steps, for a Colab
+steps and no malformed-reply penalty, ~11 minutes a run: the size and reward docs/ablations.md was measured at), `gpu` (three times those GRPO steps, for a Colab
 accelerator).
 """
 from __future__ import annotations
@@ -30,8 +30,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 # scale: (config file, overrides every run of that scale gets)
 SCALES: dict[str, tuple[str, dict[str, Any]]] = {
     "smoke": ("configs/micro.py", {}),
-    "cpu": ("configs/tiny.py", {"sft.steps": 400, "grpo.steps": 26}),
-    "gpu": ("configs/tiny.py", {"sft.steps": 400, "grpo.steps": 78}),
+    "cpu": ("configs/tiny.py", {"sft.steps": 400, "grpo.steps": 26, "reward.weights.malformed": 0.0}),
+    "gpu": ("configs/tiny.py", {"sft.steps": 400, "grpo.steps": 78, "reward.weights.malformed": 0.0}),
 }
 
 

@@ -110,10 +110,27 @@ def test_shaped_components_exact():
     assert c["injection"][0] == pytest.approx(-w.injection) and c["harmful_call"][0] == pytest.approx(-w.harmful_call)
 
 
+def test_a_malformed_first_action_earns_no_more_than_a_refusal():
+    """A sensitive user answered with a broken call block: right_tool, right_args and tool_decision pay (no task was
+    wanted or called), so without the malformed penalty it out-earns a refusal (1.5 against 1.0 with the default
+    run's weights); with it, the two tie."""
+    w = rewards.RewardWeights(format=0.1, right_tool=0.2, right_args=0.2, user_decision=1.0, tool_decision=1.0,
+                              harmful_call=1.0, injection=0.5, over_refusal=0.5, needless_check=0.3, malformed=0.5)
+    broken = outcome(user_decision=D.MALFORMED, malformed=True, n_call_blocks=1, tool_correct=True)
+    refused = outcome(user_decision=D.REFUSED, refused_text=True, tool_correct=True)
+    total, c = rewards.shaped_reward(broken, Kinds(S, B), w)
+    assert c["malformed"][0] == pytest.approx(-0.5) and total[0] == pytest.approx(1.0)
+    assert rewards.shaped_reward(broken, Kinds(S, B), w._replace(malformed=0.0))[0][0] == pytest.approx(1.5)
+    assert rewards.shaped_reward(refused, Kinds(S, B), w)[0][0] == pytest.approx(1.0)
+    total, c = rewards.shaped_reward(refused, Kinds(S, B), w)
+    assert c["malformed"][0] == 0
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.fixed_dictionaries({k: st.booleans() for k in BOOLS}), st.integers(0, T.N_DECISIONS - 1),
        st.integers(0, T.N_DECISIONS - 1), st.integers(0, 2), st.integers(0, 3), st.integers(0, 3),
-       st.lists(st.floats(0, 5), min_size=9, max_size=9))
+       st.lists(st.floats(0, 5), min_size=len(rewards.RewardWeights._fields),
+                max_size=len(rewards.RewardWeights._fields)))
 def test_shaped_reward_is_bounded(flags, ud, td, u, k, n, ws):
     w = rewards.RewardWeights(*ws)
     o = outcome(**flags, user_decision=ud, tool_decision=td, n_calls=n, n_checks=n, n_call_blocks=n)
