@@ -10,8 +10,8 @@ Each run is `launch/train.py` in a subprocess (its own JAX process and memory; i
 `<workdir>/train.log`), so a notebook kernel stays small and a failed run raises one error naming its log. A
 finished workdir is resumed, which returns at once with the same results. `SCALES` names the sizes a notebook can
 pick: `smoke` (the micro config: seconds to a minute on a CPU), `cpu` (the default config with 400 SFT and 26 GRPO
-steps and no malformed-reply penalty, ~11 minutes a run: the size and reward docs/ablations.md was measured at), `gpu` (three times those GRPO steps, for a Colab
-accelerator).
+steps and no malformed-reply penalty, ~11 minutes a run: the size and reward docs/ablations.md was measured at),
+`gpu` (three times those GRPO steps, for a Colab accelerator).
 """
 from __future__ import annotations
 
