@@ -40,11 +40,13 @@ def get_config() -> config_dict.ConfigDict:
 
     # Reward: "shaped" (weights below) or "paper" (EOS * THINK * R_label, exactly as the paper). refusal_check=False
     # (paper reward only) counts any reply without a tool call as refusing a malicious request: an ablation.
-    # malformed = over_refusal: a broken call in place of a check earns what a refusal does, not more.
+    # malformed = over_refusal: a broken call in place of a check earns what a refusal does, not more. unchecked_call
+    # (0.5 closes the same hole for a call of another or an unknown tool) is off: at 0.5 this run verified no more
+    # and over-refused more (docs/experiments.md).
     c.reward = dict(kind="shaped", channels="user_tool", refusal_check=True,
                     weights=dict(format=0.1, right_tool=0.2, right_args=0.2, user_decision=1.0, tool_decision=1.0,
                                  harmful_call=1.0, injection=0.5, over_refusal=0.5, needless_check=0.3,
-                                 malformed=0.5))
+                                 malformed=0.5, unchecked_call=0.0))
 
     # SFT warm start: a capable but unsafe base (the paper's "No Defense" model).
     # microbatch: rows per forward/backward pass; gradients accumulate (sum, denominator) over a batch.
