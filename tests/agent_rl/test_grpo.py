@@ -195,7 +195,9 @@ def test_microbatch_sums_equal_full_batch(aggregation):
     s, d, g = loss_and_grad(slice(0, 4))
     s1, d1, g1 = loss_and_grad(slice(0, 1))
     s2, d2, g2 = loss_and_grad(slice(1, 4))
-    np.testing.assert_allclose((s1 + s2) / (d1 + d2), s / d, rtol=1e-6)
+    # rtol: a few float32 roundings, as the two sides associate their sums differently (XLA's CPU backend fuses them
+    # differently at each optimisation level)
+    np.testing.assert_allclose((s1 + s2) / (d1 + d2), s / d, rtol=4e-6)
     # the gradient of the total is the sum of the microbatch gradients over the total denominator
     np.testing.assert_allclose(np.concatenate([g1, g2]) / float(d1 + d2), g / d, rtol=1e-6)
 
