@@ -2,8 +2,9 @@
 
 Every process of the session (this one, pytest-xdist's workers, and the training and evaluation commands the tests
 launch) shares one persistent JAX compilation cache, so a command launched again with the same shapes loads its
-executables instead of compiling them: the micro training run takes ~40 s instead of ~150 s the second time. The cache lives in a fresh
-directory per session (a user's own JAX_COMPILATION_CACHE_DIR is kept), so every CI run still compiles once.
+executables instead of compiling them: the micro training run takes ~40 s instead of ~150 s the second time. The
+cache lives in a fresh directory per session (a user's own JAX_COMPILATION_CACHE_DIR is kept), so every CI run still
+compiles once.
 
 They also compile at XLA's lowest backend optimisation level: compiling, not running, is most of a test's time on a
 CPU, and the micro training run then takes ~100 s instead of ~155 s with the same final metrics. A user's own
