@@ -32,7 +32,7 @@ def full_state(trainable: nnx.State, frozen: nnx.State) -> nnx.State:
   return nnx.merge_state(trainable, frozen) if len(frozen) else trainable
 
 
-NUMERICS = ("dtype", "param_dtype", "remat", "lora_rank", "lora_alpha", "lora_targets", "lora_dropout")
+NUMERICS = ("dtype", "param_dtype", "remat", "lora_rank", "lora_alpha", "lora_targets", "lora_dropout", "decode_block")
 
 
 def shapes(cfg: model_lib.ModelConfig) -> dict[str, Any]:
