@@ -22,7 +22,7 @@ from absl import app, flags
 from flax import nnx
 
 import common  # bench/common.py, beside this script
-from agent_rl import hf
+from agent_rl import hf, lora
 from agent_rl import model as model_lib
 from agent_rl import sampling
 
@@ -33,6 +33,8 @@ flags.DEFINE_integer("prompt_len", 64, "padded prompt length")
 flags.DEFINE_integer("max_pad", 16, "rows get 0..max_pad tokens of left padding")
 flags.DEFINE_integer("new_tokens", 128, "tokens generated per row")
 flags.DEFINE_bool("hf", True, "also run transformers for comparison")
+flags.DEFINE_integer("decode_block", 0, "cache slots per step of cached attention's loop (0: the model's own, "
+                     "ModelConfig.decode_block)")
 FLAGS = flags.FLAGS
 
 
@@ -46,6 +48,9 @@ def main(_):
     else:
       cfg = model_lib.preset(FLAGS.preset, dtype=FLAGS.dtype, param_dtype=FLAGS.dtype)
     model, name = model_lib.Transformer(cfg, rngs=nnx.Rngs(0)), FLAGS.preset
+  if FLAGS.decode_block:
+    cfg = cfg.replace(decode_block=FLAGS.decode_block)
+    model = lora.with_config(model, cfg)
   b, p, n = FLAGS.batch, FLAGS.prompt_len, FLAGS.new_tokens
   rng = np.random.RandomState(0)
   pad = rng.randint(0, FLAGS.max_pad + 1, b)
@@ -53,7 +58,7 @@ def main(_):
   tokens = np.where(valid, rng.randint(0, cfg.vocab_size, (b, p)), 0).astype(np.int32)
   print(f"model {name}: {cfg.n_params / 1e6:.1f}M params, d_model {cfg.d_model}, {cfg.n_layers} layers, "
         f"vocab {cfg.vocab_size}, {cfg.dtype}; batch {b}, prompt {p} (left padding 0..{FLAGS.max_pad}), "
-        f"{n} new tokens")
+        f"{n} new tokens; decode blocks of {cfg.decode_block} slots")
 
   key = jax.random.key(0)
   jt, jv = jnp.asarray(tokens), jnp.asarray(valid)
