@@ -1,5 +1,6 @@
 """What the bench/ scripts share: timing one side (its first call apart, then the best of the repeats), and the
-flags of the benchmarks that run the same weights through agent_rl and transformers (decode.py, sft_step.py).
+flags of the benchmarks that run the same weights through agent_rl and transformers (decode.py, sft_step.py), and
+the cached-attention block of the decoding benchmarks (decode.py, rollout.py).
 
 The scripts import it as `common` (it sits beside them: `python bench/X.py` puts bench/ on the path).
 """
@@ -9,6 +10,8 @@ import time
 from typing import Any, Callable
 
 from absl import flags
+
+from agent_rl import lora
 
 DTYPES = ["float32", "bfloat16"]
 
@@ -33,3 +36,14 @@ def define_comparison_flags(*, hf_dir: str, vocab: str, batch: str) -> None:
     flags.DEFINE_integer("batch", 8, batch)
     flags.DEFINE_enum("dtype", "float32", DTYPES, "compute and parameter dtype on both sides")
     flags.DEFINE_integer("repeats", 3, "timed runs per side after the first (the best is reported)")
+
+
+def define_decode_block_flag() -> None:
+    """--decode_block: cache slots per step of cached attention's loop (0: the model's own)."""
+    flags.DEFINE_integer("decode_block", 0, "cache slots per step of cached attention's loop (0: the model's own, "
+                         "ModelConfig.decode_block)")
+
+
+def with_decode_block(model, block: int):
+    """`model` with its weights, decoding with cache blocks of `block` slots (0: `model` itself)."""
+    return lora.with_config(model, model.cfg.replace(decode_block=block)) if block else model

@@ -22,7 +22,7 @@ from absl import app, flags
 from flax import nnx
 
 import common  # bench/common.py, beside this script
-from agent_rl import hf, lora
+from agent_rl import hf
 from agent_rl import model as model_lib
 from agent_rl import sampling
 
@@ -33,8 +33,7 @@ flags.DEFINE_integer("prompt_len", 64, "padded prompt length")
 flags.DEFINE_integer("max_pad", 16, "rows get 0..max_pad tokens of left padding")
 flags.DEFINE_integer("new_tokens", 128, "tokens generated per row")
 flags.DEFINE_bool("hf", True, "also run transformers for comparison")
-flags.DEFINE_integer("decode_block", 0, "cache slots per step of cached attention's loop (0: the model's own, "
-                     "ModelConfig.decode_block)")
+common.define_decode_block_flag()
 FLAGS = flags.FLAGS
 
 
@@ -48,9 +47,8 @@ def main(_):
     else:
       cfg = model_lib.preset(FLAGS.preset, dtype=FLAGS.dtype, param_dtype=FLAGS.dtype)
     model, name = model_lib.Transformer(cfg, rngs=nnx.Rngs(0)), FLAGS.preset
-  if FLAGS.decode_block:
-    cfg = cfg.replace(decode_block=FLAGS.decode_block)
-    model = lora.with_config(model, cfg)
+  model = common.with_decode_block(model, FLAGS.decode_block)
+  cfg = model.cfg
   b, p, n = FLAGS.batch, FLAGS.prompt_len, FLAGS.new_tokens
   rng = np.random.RandomState(0)
   pad = rng.randint(0, FLAGS.max_pad + 1, b)

@@ -53,7 +53,7 @@ from absl import app, flags
 from flax import nnx
 
 import common  # bench/common.py, beside this script
-from agent_rl import hf, lora
+from agent_rl import hf
 from agent_rl import model as model_lib
 from agent_rl import rollout, sampling, setup
 from agent_rl import tokenizer as tok_lib
@@ -74,8 +74,7 @@ flags.DEFINE_string("hf_dir", "", "Hugging Face model directory: its weights and
 flags.DEFINE_integer("repeats", 2, "timed runs per side (best is reported)")
 flags.DEFINE_integer("halvings", 2, "jitted side: times the loop may halve its batch as rows finish (`rollout.run`; "
                      "2 as in `rollout.sample_episodes`)")
-flags.DEFINE_integer("decode_block", 0, "cache slots per step of cached attention's loop (0: the model's own, "
-                     "ModelConfig.decode_block)")
+common.define_decode_block_flag()
 flags.DEFINE_integer("seed", 0, "model init, scenario generation and rollout key")
 FLAGS = flags.FLAGS
 
@@ -336,9 +335,8 @@ def main(_):
                                               seed=cfg.data.seed)
         model_cfg = setup.build_model_config(cfg, tokenizer.vocab_size)
         model, name = model_lib.Transformer(model_cfg, rngs=nnx.Rngs(FLAGS.seed)), "tiny config (random)"
-    if FLAGS.decode_block:
-        model_cfg = model_cfg.replace(decode_block=FLAGS.decode_block)
-        model = lora.with_config(model, model_cfg)
+    model = common.with_decode_block(model, FLAGS.decode_block)
+    model_cfg = model.cfg
     shapes = T.Shapes(**dict(cfg.shapes))
     env_params = T.EnvParams(**dict(cfg.env))
     specs = generate.generate(FLAGS.seed, "train", FLAGS.n_scenarios)
