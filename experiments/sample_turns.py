@@ -51,11 +51,12 @@ def main(argv):
     by, paid = collections.defaultdict(list), collections.defaultdict(list)
     valid = np.asarray(traj.valid)
     for i, d in enumerate(decisions):
-        pol = tokens[i][mask[i]].tolist()
-        text = s.tokenizer.decode(pol[: pol.index(eos)] if eos in pol and not FLAGS.whole else pol)
         if FLAGS.whole:  # the episode after the prompt: policy turns and what the env inserted
             start = int(np.argmax(mask[i]))
             text = s.tokenizer.decode(tokens[i][start:][valid[i][start:]].tolist())
+        else:  # the first policy turn, up to its end-of-turn token
+            pol = tokens[i][mask[i]].tolist()
+            text = s.tokenizer.decode(pol[: pol.index(eos)] if eos in pol else pol)
         by[T.DECISION_NAMES[int(d)]].append(text)
         paid[T.DECISION_NAMES[int(d)]].append(float(reward[i]))
     n = len(decisions)
