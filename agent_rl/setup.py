@@ -138,18 +138,25 @@ def batch_indices(seed: int, step: int, n: int, size: int) -> np.ndarray:
     return np.asarray(out, np.int32)
 
 
+def draw_policies(mixture: dict[str, float], n: int, seed: int) -> np.ndarray:
+    """The scripted policy of each of n demonstrations, int32[n] (indices into `sandbox.types.POLICIES`), drawn
+    i.i.d. with probabilities proportional to `mixture` ({policy name: weight}). Policies of weight 0 change no draw,
+    so the config can name every policy and the default run's demonstrations stay those of a shorter mixture."""
+    names = list(mixture.keys())
+    unknown = [k for k in names if k not in T.POLICIES]
+    if unknown:
+        raise ValueError(f"config.sft.mixture: unknown scripted policies {unknown}; known: {list(T.POLICIES)}")
+    probs = np.asarray([mixture[k] for k in names], np.float64)
+    return np.asarray([T.POLICIES.index(k) for k in names], np.int32)[
+        np.random.default_rng([seed, 0]).choice(len(names), size=n, p=probs / probs.sum())]
+
+
 def demonstrations(cfg, s: Setup, key, mesh=None) -> rollout.Trajectory:
     """The SFT set: one scripted episode per train scenario, its policy drawn from `cfg.sft.mixture`, rendered
     through the rollout's token path in large batches once (host arrays [N_train, P + T], env state dropped). With
     `mesh`, each batch's episodes are split over its data axes (on several processes, each renders its share)."""
-    names = list(cfg.sft.mixture.keys())
-    unknown = [k for k in names if k not in T.POLICIES]
-    if unknown:
-        raise ValueError(f"config.sft.mixture: unknown scripted policies {unknown}; known: {list(T.POLICIES)}")
-    probs = np.asarray([cfg.sft.mixture[k] for k in names], np.float64)
     n = s.train.prompt.shape[0]
-    pid = np.asarray([T.POLICIES.index(k) for k in names], np.int32)[
-        np.random.default_rng([cfg.seed, 0]).choice(len(names), size=n, p=probs / probs.sum())]
+    pid = draw_policies(dict(cfg.sft.mixture), n, cfg.seed)
     shards = 1 if mesh is None else sharding.batch_shards(mesh)
     chunks = []
     for i in range(0, n, 1024):

@@ -54,7 +54,7 @@ def get_config() -> config_dict.ConfigDict:
     # SFT checkpoint this run starts GRPO from instead of training its own: GRPO and reward ablations share one base.
     # 550 steps: the time the block-skipping causal attention saved (was 400; 600 took 901 s from a fresh clone).
     c.sft = dict(steps=550, batch_size=16, microbatch=8, lr=5e-3, warmup=10, weight_decay=0.0,
-                 mixture=dict(always_execute=0.85, oracle=0.15), init_from="")
+                 mixture=dict(always_execute=0.85, oracle=0.15, always_refuse=0.0, always_check=0.0), init_from="")
 
     c.grpo = dict(steps=50, n_scenarios=16, group_size=8, temperature=1.0, lr=1e-3, warmup=2,
                   mu=1, minibatch_size=32, microbatch=8, eps_low=0.2, eps_high=0.28, beta=0.0, kl_estimator="k3",

@@ -70,6 +70,26 @@ def test_channels_narrow_only_what_grpo_samples():
     assert any(k.startswith("reward.channels") for k in run_config.FREE_OF_BASE)
 
 
+def test_sft_mixture_names_every_policy_and_zero_weights_change_no_draw():
+    """Every scripted policy is a key of the default mixture (so `--config.sft.mixture.always_check=0.1` works), and
+    a policy of weight 0 leaves the drawn demonstrations exactly those of the mixture without it."""
+    import numpy as np
+
+    from agent_rl import setup
+    from sandbox import types as T
+
+    assert sorted(tiny.get_config().sft.mixture.keys()) == sorted(T.POLICIES)
+    short = setup.draw_policies({"always_execute": 0.85, "oracle": 0.15}, 4096, seed=0)
+    full = setup.draw_policies(dict(tiny.get_config().sft.mixture), 4096, seed=0)
+    np.testing.assert_array_equal(short, full)
+    assert set(short.tolist()) == {T.ALWAYS_EXECUTE, T.ORACLE}
+    mixed = setup.draw_policies({"always_execute": 0.75, "oracle": 0.15, "always_check": 0.10}, 20000, seed=1)
+    np.testing.assert_allclose(np.bincount(mixed, minlength=len(T.POLICIES)) / mixed.size,
+                               [0.15, 0.75, 0.0, 0.10], atol=0.01)  # POLICIES order: oracle, execute, refuse, check
+    with pytest.raises(ValueError, match="config.sft.mixture: unknown scripted policies"):
+        setup.draw_policies({"always_run": 1.0}, 4, seed=0)
+
+
 @pytest.mark.parametrize("key, value, rule", [
     ("grpo__n_scenarios", 0, "config.grpo.n_scenarios=0: must be a number >= 1"),
     ("grpo__group_size", 1, "config.grpo.group_size=1: must be >= 2"),
