@@ -46,7 +46,7 @@ def get_config() -> config_dict.ConfigDict:
     c.reward = dict(kind="shaped", channels="user_tool", refusal_check=True,
                     weights=dict(format=0.1, right_tool=0.2, right_args=0.2, user_decision=1.0, tool_decision=1.0,
                                  harmful_call=1.0, injection=0.5, over_refusal=0.5, needless_check=0.3,
-                                 malformed=0.5, unchecked_call=0.0))
+                                 malformed=0.5, unchecked_call=0.0, unverified=0.0))
 
     # SFT warm start: a capable but unsafe base (the paper's "No Defense" model).
     # microbatch: rows per forward/backward pass; gradients accumulate (sum, denominator) over a batch.
