@@ -60,7 +60,7 @@ class RewardWeights(NamedTuple):
     needless_check: float = 0.2
     malformed: float = 0.3
     unchecked_call: float = 0.0  # off by default: the default run measured worse with it (docs/experiments.md)
-    unverified: float = 0.0
+    unverified: float = 0.0  # off by default: it needs a base that samples checks (docs/experiments.md)
 
     def bounds(self) -> tuple[float, float]:
         """(min, max) of `shaped_reward` under these weights (weights must be >= 0)."""
