@@ -118,7 +118,6 @@ def run(policy: Policy, carry, scenario, vocab, key: jax.Array, env_params, max_
     t_max = max_new_tokens
     k_env, k_loop = jax.random.split(key)
     env_state = jax.vmap(env_lib.reset, in_axes=(0, 0, None))(jax.random.split(k_env, b), scenario, env_params)
-    step_env = jax.vmap(env_lib.step, in_axes=(0, 0, None, 0, None))
     forced_token = jax.vmap(env_lib.forced_token)
     row_key = jax.vmap(jax.random.fold_in, in_axes=(None, 0))
 
@@ -133,7 +132,7 @@ def run(policy: Policy, carry, scenario, vocab, key: jax.Array, env_params, max_
         live = ~env_state.done
         token = jnp.where(live, jnp.where(forced, f_tok, sampled), vocab.pad_id).astype(jnp.int32)
         by_policy = live & ~forced
-        new_state = step_env(env_state, scen, vocab, token, env_params)
+        new_state = env_lib.step_batch(env_state, scen, vocab, token, env_params)
         # Finished episodes stay exactly as they were (the sandbox never sees their padding).
         env_state = jax.tree.map(lambda n, o: jnp.where(_bcast(live, n), n, o), new_state, env_state)
         carry = policy.observe(carry, token, live)

@@ -1,21 +1,23 @@
-"""Environment speed: jitted, vmapped `sandbox.env.step` vs a plain-Python loop on the same episodes.
+"""Environment speed: jitted `sandbox.env.step_batch` and `jax.vmap(sandbox.env.step)` vs a plain-Python loop on the
+same episodes.
 
 Both sides run the oracle's scripted episodes on the same compiled scenarios (generated train scenarios) with the
-same check answers (drawn from the same keys as the env draws them). The jitted side runs `n_steps` vmapped env steps
-per episode in one `lax.scan` (the rollout loop with scripted tokens in place of sampled ones), timed warm (best of
---repeats). The Python side steps each episode token by token: a policy token's bytes are appended to the turn, and
-at the end-of-turn token the turn is parsed with `sandbox.reference.parse_turn` and answered by Python logic
-(tool lookup, argument match, check answer, queueing the env segments' tokens). Episode lengths of the two sides are
+same check answers (drawn from the same keys as the env draws them). Each jitted side runs `n_steps` batched env steps
+in one `lax.scan` (the rollout loop with scripted tokens in place of sampled ones), timed warm (best of --repeats):
+`scripted.rollout_batch` (`env.step_batch`, what the rollout uses) and `jax.vmap(scripted.rollout)` (`env.step`
+vmapped, the per-episode definition). The Python side (best of --repeats) steps each episode token by token: a
+policy token's bytes are appended to the turn, and at the end-of-turn token the turn is parsed with
+`sandbox.reference.parse_turn` and answered by Python logic (tool lookup, argument match, check answer, queueing
+the env segments' tokens). Episode lengths of the two sides are
 compared as a correctness check.
 
-Reported: env steps/s of the jitted side (batch * n_steps, and live steps only, i.e. tokens of episodes not yet
-done), live steps/s of the Python side, and their ratio.
+Reported: env steps/s of each jitted side (batch * n_steps, and live steps only, i.e. tokens of episodes not yet
+done), live steps/s of the Python side, their ratios, and step_batch against vmap(step).
 
   python bench/sandbox_step.py                       # batch 1024, built-in tokenizer
   python bench/sandbox_step.py --tokenizer=byte --batch=256
   python bench/sandbox_step.py --tokenizer=hf --hf_dir=models/smollm2-135m-instruct   # SmolLM2's 49,152 pieces
 """
-import time
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +34,7 @@ flags.DEFINE_integer("batch", 1024, "episodes stepped in lockstep (vmapped)")
 flags.DEFINE_enum("tokenizer", "builtin", ["builtin", "byte", "hf"], "tokenizer the scenarios are compiled with")
 flags.DEFINE_string("hf_dir", "models/smollm2-135m-instruct", "Hugging Face directory of --tokenizer=hf")
 flags.DEFINE_float("yes_prob", 0.5, "chance a check is answered yes")
-flags.DEFINE_integer("python_episodes", 128, "episodes the Python loop runs (its rate is per step)")
+flags.DEFINE_integer("python_episodes", 1024, "episodes the Python loop runs (its rate is per step)")
 flags.DEFINE_integer("repeats", 3, "timed runs of the jitted side (best is reported)")
 FLAGS = flags.FLAGS
 
@@ -126,18 +128,25 @@ def main(_):
                          max_tokens=4 * shapes.prompt)
     keys = jax.random.split(jax.random.key(0), FLAGS.batch)
 
-    def make(n_steps):
+    def make(n_steps, batched):
         @jax.jit
         def run(keys, sc):
-            s, _, _ = jax.vmap(lambda k, c: scripted.rollout(k, c, vocab, T.ORACLE, params, n_steps))(keys, sc)
+            if batched:
+                s, _, _ = scripted.rollout_batch(keys, sc, vocab, T.ORACLE, params, n_steps)
+            else:
+                s, _, _ = jax.vmap(lambda k, c: scripted.rollout(k, c, vocab, T.ORACLE, params, n_steps))(keys, sc)
             return s.n_tokens, s.done
         return run
 
-    n_tok, _ = make(params.max_tokens)(keys, sc)  # episode lengths, to scan only as long as the longest
+    n_tok, _ = make(params.max_tokens, True)(keys, sc)  # episode lengths, to scan only as long as the longest
     n_steps = int(np.max(n_tok)) + 1
-    run = make(n_steps)
-    compile_s, best, results = common.first_and_best(lambda: jax.block_until_ready(run(keys, sc)), FLAGS.repeats)
-    n_tok, done = (np.asarray(x) for x in results[-1])
+    timed = {}
+    for name, batched in (("vmap(env.step)", False), ("env.step_batch", True)):
+        run = make(n_steps, batched)
+        timed[name] = common.first_and_best(lambda: jax.block_until_ready(run(keys, sc)), FLAGS.repeats)
+    outs = [tuple(np.asarray(x) for x in r[2][-1]) for r in timed.values()]
+    same = all((a == b).all() for a, b in zip(*outs))
+    n_tok, done = outs[-1]
 
     # Python side: the same episodes, the same check answers.
     answers = np.asarray(jax.vmap(lambda k: jax.vmap(lambda j: jax.random.bernoulli(
@@ -146,22 +155,26 @@ def main(_):
     table, lengths = tok.byte_table()
     caps = env.caps(shapes)
     n_py = min(FLAGS.python_episodes, FLAGS.batch)
-    t0 = time.perf_counter()
-    py = [python_episode(sc_np, i, table, lengths, tok.eos_id, answers[i], params, caps) for i in range(n_py)]
-    py_s = time.perf_counter() - t0
+    _, py_s, py = common.first_and_best(
+        lambda: [python_episode(sc_np, i, table, lengths, tok.eos_id, answers[i], params, caps) for i in range(n_py)],
+        FLAGS.repeats)
+    py = py[-1]
     py_steps = sum(n for n, _ in py)
     mismatch = sum(int(n != n_tok[i]) or int(d != done[i]) for i, (n, d) in enumerate(py))
 
     jax_steps, jax_live = FLAGS.batch * n_steps, int(n_tok.sum())
+    py_rate = py_steps / py_s
     print(f"device: {jax.devices()[0].device_kind}  tokenizer: {FLAGS.tokenizer}  batch: {FLAGS.batch}  "
           f"scan steps: {n_steps}  mean episode: {n_tok.mean():.0f} tokens  done: {done.mean():.3f}")
-    print(f"jitted vmapped env : {jax_steps / best:12,.0f} env steps/s  ({jax_live / best:,.0f} live)  "
-          f"[{best * 1e3:.1f} ms per run, compile {compile_s:.1f} s]")
-    print(f"python loop        : {py_steps / py_s:12,.0f} env steps/s  [{n_py} episodes, {py_steps} steps, "
+    print(f"python loop                 : {py_rate:12,.0f} env steps/s  [{n_py} episodes, {py_steps} steps, "
           f"{py_s:.2f} s]")
-    print(f"ratio (jit live / python): {jax_live / best / (py_steps / py_s):.1f}x   "
-          f"episode-length mismatches: {mismatch}/{n_py}")
-
+    for name, (compile_s, best, _) in timed.items():
+        print(f"jitted {name:15s}: {jax_steps / best:12,.0f} env steps/s  ({jax_live / best:,.0f} live)  "
+              f"[{best * 1e3:.1f} ms per run, compile {compile_s:.1f} s]  ratio (live / python): "
+              f"{jax_live / best / py_rate:.2f}x")
+    base, fast = (t[1] for t in timed.values())
+    print(f"step_batch / vmap(step): {base / fast:.2f}x   same lengths and done flags: {same}   "
+          f"episode-length mismatches against python: {mismatch}/{n_py}")
 
 if __name__ == "__main__":
     app.run(main)

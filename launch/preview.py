@@ -66,8 +66,7 @@ def main(argv=None):
 
     @jax.jit
     def run(keys, sc):
-        episode = lambda k, c: scripted.rollout(k, c, vocab, policy, params, params.max_tokens)  # noqa: E731
-        s, toks, mask = jax.vmap(episode)(keys, sc)
+        s, toks, mask = scripted.rollout_batch(keys, sc, vocab, policy, params, params.max_tokens)
         o = jax.vmap(env.outcome)(s, sc)
         total, comps = rewards.shaped_reward(o, sc)
         return o, toks, mask, rewards.paper_reward(o, sc), total, comps

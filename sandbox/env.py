@@ -203,27 +203,99 @@ def step(state: T.EnvState, scenario: T.Scenario, vocab: T.Vocab, token: jax.Arr
          params: T.EnvParams = T.EnvParams()) -> T.EnvState:
     """Consume one token (policy-sampled or forced; while the env inserts, the token's value is ignored).
 
-    A done episode is returned unchanged.
+    A done episode is returned unchanged. For a batch, `step_batch` equals `jax.vmap(step)` and is faster.
     """
+    token, _, nb = _policy_token(state, vocab, token)
+    pstate = parser.feed_token(state.parser, vocab.tokens, token, vocab.table[token], nb)
+    return _advance(state, scenario, vocab, token, params, pstate, _end_turn(state, scenario, params))
+
+
+def _policy_token(state: T.EnvState, vocab: T.Vocab, token):
+    """(token clipped to the vocabulary, is_eos: it ends a policy turn, nb: its byte count if the policy wrote it
+    and it is not the end-of-turn token, else 0)."""
+    live = ~state.done
+    policy = live & ~((state.q_head < state.q_len) & live)
+    token = jnp.clip(jnp.asarray(token, i32), 0, vocab.table.shape[0] - 1)
+    is_eos = policy & (token == vocab.eos_id)
+    return token, is_eos, jnp.where(policy & ~is_eos, vocab.lengths[token], 0)
+
+
+def _end_turn(state: T.EnvState, scenario: T.Scenario, params: T.EnvParams):
+    """What ending the policy turn now would do: (tally, queue, q_len, stage, final, truncated)."""
+    return _judge(state, scenario, parser.finish(state.parser), params)
+
+
+def _on_rows(mask, fn, args, out, rows: int):
+    """`out` [B, ...] with row i replaced by `fn(row i of args)` wherever mask[i] (bool[B]).
+
+    `fn` (one row -> one row) runs vmapped on `rows` rows gathered at a time, in a loop that runs once per `rows`
+    masked rows (not at all when none is), instead of on all B rows: under vmap a `lax.cond` becomes a select that
+    pays for both branches on every row.
+    """
+    B = mask.shape[0]
+    vfn = jax.vmap(fn)
+
+    def body(c):
+        pending, out = c
+        idx = jnp.nonzero(pending, size=rows, fill_value=B)[0]  # B: no row (the gather clamps, the scatter drops)
+        new = vfn(*jax.tree.map(lambda x: x[jnp.minimum(idx, B - 1)], args))
+        out = jax.tree.map(lambda o, n: o.at[idx].set(n, mode="drop"), out, new)
+        return pending.at[idx].set(False, mode="drop"), out
+
+    return jax.lax.while_loop(lambda c: c[0].any(), body, (mask, out))[1]
+
+
+# Scenario fields `_judge` does not read: left out of the rows `step_batch` gathers for it.
+_UNJUDGED = ("prompt", "prompt_len", "seg", "seg_len", "script", "script_len")
+
+
+def step_batch(state: T.EnvState, scenario: T.Scenario, vocab: T.Vocab, token: jax.Array,
+               params: T.EnvParams = T.EnvParams(), rows: int | None = None) -> T.EnvState:
+    """`jax.vmap(step)` over a batch (state, scenario [B, ...], token int32[B]), equal to it leaf for leaf.
+
+    Under vmap, `step` pays at every token for two things a row needs rarely: the parser's byte loop (only tokens
+    with a byte inside a tool block need it) and the end-of-turn work (parse the turn, judge its calls, build the env
+    turn; once in tens of tokens). Here both run only on the rows that need them (`_on_rows`, `rows` at a time,
+    static; default max(1, B // 8)).
+    """
+    B = token.shape[0]
+    K = max(1, min(B, rows if rows is not None else B // 8))
+    token, is_eos, nb = jax.vmap(_policy_token, in_axes=(0, None, 0))(state, vocab, token)
+    data = vocab.table[token]
+    slow = jax.vmap(parser.needs_bytes, in_axes=(0, None, 0, 0))(state.parser, vocab.tokens, token, nb)
+    pstate = jax.vmap(parser.feed_token_table, in_axes=(0, None, 0, 0))(state.parser, vocab.tokens, token, nb)
+    pstate = _on_rows(slow, parser.feed_token_bytes, (state.parser, data, nb), pstate, K)
+
+    small = scenario.replace(**{f: None for f in _UNJUDGED})
+    end_turn = lambda s, sc: _end_turn(s, sc, params)  # noqa: E731
+    shapes = jax.eval_shape(jax.vmap(end_turn), *jax.tree.map(lambda x: x[:1], (state, small)))
+    judged = jax.tree.map(lambda x: jnp.zeros((B,) + x.shape[1:], x.dtype), shapes)
+    judged = _on_rows(is_eos, end_turn, (state, small), judged, K)
+    return jax.vmap(lambda s, sc, t, p, j: _advance(s, sc, vocab, t, params, p, j))(state, scenario, token, pstate,
+                                                                                    judged)
+
+
+def _advance(state: T.EnvState, scenario: T.Scenario, vocab: T.Vocab, token: jax.Array, params: T.EnvParams,
+             pstate, judged) -> T.EnvState:
+    """`step` given the token (clipped), the parser state after it and `_end_turn(state, ...)` (read only if the
+    token ends a policy turn)."""
     sh = scenario.shapes
     live = ~state.done
     forced = (state.q_head < state.q_len) & live
     policy = live & ~forced
-    token = jnp.clip(jnp.asarray(token, i32), 0, vocab.table.shape[0] - 1)
     is_eos = policy & (token == vocab.eos_id)
     feed = policy & ~is_eos
 
-    # Policy byte: parser and the turn's text buffer.
+    # Policy bytes: the turn's text buffer.
     nb = jnp.where(feed, vocab.lengths[token], 0)
     data = vocab.table[token]
-    pstate = parser.feed_token(state.parser, vocab.tokens, token, data, nb)
     MB, TB = data.shape[0], sh.text
     idx = jnp.where(jnp.arange(MB) < nb, state.text_len + jnp.arange(MB), TB)
     text = state.text.at[idx].set(data, mode="drop")
     text_len = state.text_len + nb
 
     # End of a policy turn.
-    tally, queue, q_len, stage, final, trunc_turns = _judge(state, scenario, parser.finish(state.parser), params)
+    tally, queue, q_len, stage, final, trunc_turns = judged
 
     # Forced token: advance the queue.
     Q = state.queue.shape[0]

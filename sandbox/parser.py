@@ -35,7 +35,8 @@ from sandbox.reference import (CALL_CLOSE, CALL_OPEN, CHECK_CLOSE, CHECK_OPEN, K
                                KIND_NONE, KIND_NULL, KIND_NUMBER, KIND_OBJECT, KIND_STRING, MARKER, THINK_CLOSE,
                                THINK_OPEN, Caps)
 
-__all__ = ["Caps", "ParserState", "Turn", "TokenTable", "init", "feed", "feed_bytes", "feed_token", "restart", "finish",
+__all__ = ["Caps", "ParserState", "Turn", "TokenTable", "init", "feed", "feed_bytes", "feed_token", "needs_bytes",
+           "feed_token_table", "feed_token_bytes", "restart", "finish",
            "parse",
            "KIND_NONE", "KIND_STRING", "KIND_INTEGER", "KIND_NUMBER", "KIND_BOOL", "KIND_NULL", "KIND_ARRAY",
            "KIND_OBJECT"]
@@ -524,23 +525,35 @@ def feed_token(state: ParserState, table: TokenTable, token, data, n) -> ParserS
     (0 feeds nothing). Equals `feed_bytes(state, data, n)` (the Turn `finish` reads is the same).
 
     `table` is the tokenizer's `sandbox.token_table` on the device. A token that stays outside tool blocks moves
-    the tag automaton by one table lookup; only a token with a byte inside a call or check block runs the byte
-    loop, for its `n` bytes, so under `jax.vmap` the loop runs as often as the longest such token in the batch
-    (zero times when there is none). Its stored bytes are written with one scatter after the loop.
+    the tag automaton by one table lookup (`feed_token_table`); only a token with a byte inside a call or check
+    block (`needs_bytes`) runs the byte loop (`feed_token_bytes`), for its `n` bytes, so under `jax.vmap` the loop
+    runs as often as the longest such token in the batch (zero times when there is none).
     """
+    slow = needs_bytes(state, table, token, n)
+    by_bytes = feed_token_bytes(state, data, jnp.where(slow, n, 0))
+    return jax.tree.map(lambda u, v: jnp.where(slow, u, v), by_bytes, feed_token_table(state, table, token, n))
+
+
+def _entry(state: ParserState, table: TokenTable, token):
+    ctrl = (state.think, state.tm, state.act.block, state.act.m_call, state.act.m_check, state.act.m_close)
+    x = table.index[sum(f * table.strides[k] for k, f in enumerate(ctrl))]
+    return table.trans[table.cls[token], x]
+
+
+def needs_bytes(state: ParserState, table: TokenTable, token, n) -> jax.Array:
+    """bool[]: feeding the token (n > 0 bytes) reads a byte inside a call or check block, so `feed_token` must take
+    the byte path (`feed_token_bytes`); otherwise `feed_token_table` is exact."""
+    return (jnp.asarray(n, i32) > 0) & (((_entry(state, table, token) >> 16) & token_table.TOUCHED) > 0)
+
+
+def feed_token_table(state: ParserState, table: TokenTable, token, n) -> ParserState:
+    """`feed_token` for a token that does not `needs_bytes`: the control fields, has_text, and the restarts a think
+    close or a block opening implies, from the table (the state unchanged when n == 0)."""
     caps = state.caps
     a = state.act
-    data = jnp.asarray(data)
-    n = jnp.asarray(n, i32)
-    ctrl = (state.think, state.tm, a.block, a.m_call, a.m_check, a.m_close)
-    x = table.index[sum(f * table.strides[k] for k, f in enumerate(ctrl))]
-    e = table.trans[table.cls[token], x]
+    e = _entry(state, table, token)
     flags = e >> 16
-    feed = n > 0
-    slow = feed & ((flags & token_table.TOUCHED) > 0)
-
-    # Table path: the control fields, has_text, and the restarts a think close or a block opening implies.
-    th, tm, block, m_call, m_check, m_close = (table.fields[e & 0xFFFF, k] for k in range(len(ctrl)))
+    th, tm, block, m_call, m_check, m_close = (table.fields[e & 0xFFFF, k] for k in range(6))
     text = (flags & token_table.TEXT) > 0
     reset = (flags & token_table.RESET) > 0
     opened_call = (flags & token_table.OPEN_CALL) > 0
@@ -552,8 +565,15 @@ def feed_token(state: ParserState, table: TokenTable, token, data, n) -> ParserS
                          json=jax.tree.map(lambda f, o: jnp.where(opened_call, f, o), fresh.json, base.json),
                          cstart=base.cstart & ~opened, clen=jnp.where(opened, 0, base.clen),
                          clast=jnp.where(opened, 0, base.clast))
+    feed = jnp.asarray(n, i32) > 0
+    th, tm, act = jax.tree.map(lambda u, v: jnp.where(feed, u, v), (th, tm, fast), (state.think, state.tm, a))
+    return state.replace(think=th, tm=tm, act=act)
 
-    # Byte path, without the byte store in the loop carry: the writes are collected ([MB] offsets and values).
+
+def feed_token_bytes(state: ParserState, data, n) -> ParserState:
+    """`feed_bytes(state, data, n)` with the byte store out of the loop carry: the loop collects its writes ([MB]
+    offsets and values) and one scatter stores them after it."""
+    data = jnp.asarray(data)
     mb = data.shape[0]
     store = state.buf.bytes
     drop = store.shape[0] + jnp.arange(mb)  # distinct out-of-range offsets: dropped writes
@@ -566,15 +586,9 @@ def feed_token(state: ParserState, table: TokenTable, token, data, n) -> ParserS
         hit = w & (jnp.arange(mb) == i)
         return i + 1, s, jnp.where(hit, off, offs), jnp.where(hit, jnp.asarray(val).astype(jnp.uint8), vals)
 
-    m = jnp.where(slow, n, 0)
     init_c = (jnp.zeros((), i32), lite, drop, jnp.zeros(mb, jnp.uint8))
-    _, s, offs, vals = jax.lax.while_loop(lambda c: c[0] < m, body, init_c)
-    store = store.at[offs].set(vals, mode="drop", unique_indices=True)
-
-    pick = lambda x, y: jax.tree.map(lambda u, v: jnp.where(slow, u, v), x, y)  # noqa: E731
-    unfed = (state.think, state.tm, a)
-    th, tm, act = pick((s.think, s.tm, s.act), jax.tree.map(lambda u, v: jnp.where(feed, u, v), (th, tm, fast), unfed))
-    return ParserState(think=th, tm=tm, act=act, buf=s.buf._replace(bytes=store), caps=caps)
+    _, s, offs, vals = jax.lax.while_loop(lambda c: c[0] < n, body, init_c)
+    return s.replace(buf=s.buf._replace(bytes=store.at[offs].set(vals, mode="drop", unique_indices=True)))
 
 
 def restart(state: ParserState) -> ParserState:

@@ -255,3 +255,51 @@ def test_random_tokens_never_crash(random_run, draws, seed):
     assert np.all(~o.eos | ~o.truncated)
     # a NONE user decision means no policy turn finished
     assert np.all((o.user_decision != D.NONE) | (o.n_turns == 0) | o.truncated)
+
+
+@pytest.fixture(scope="module")
+def batch_runs(cells):
+    """Both ways of stepping a batch on the same token streams: scans of `jax.vmap(env.step)` and of
+    `env.step_batch` (rows 1, 3 and the default), every step's full state stacked."""
+    sc = jax.tree.map(lambda *x: jnp.stack(x), *[c[1] for c in cells.values()])
+    params = K.PARAMS._replace(max_tokens=_N, max_turn_tokens=120, max_turns=4)
+    v = K.vocab()
+
+    def make(step):
+        def run(keys, toks):
+            def body(carry, _):
+                s, i = carry
+                tok_f, forced = jax.vmap(env.forced_token)(s, sc)
+                b = jnp.arange(toks.shape[0])
+                tok = jnp.where(forced, tok_f, toks[b, jnp.minimum(i, _N - 1)])
+                pol = ~forced & ~s.done
+                s = step(s, tok)
+                return (s, i + pol), s
+
+            s0 = jax.vmap(env.reset, in_axes=(0, 0, None))(keys, sc, params)
+            return jax.lax.scan(body, (s0, jnp.zeros(toks.shape[0], jnp.int32)), None, length=_N)[1]
+        return jax.jit(run)
+
+    vmapped = make(lambda s, t: jax.vmap(env.step, in_axes=(0, 0, None, 0, None))(s, sc, v, t, params))
+    batched = {r: make(lambda s, t, r=r: env.step_batch(s, sc, v, t, params, rows=r)) for r in (1, 3, None)}
+    return vmapped, batched
+
+
+@settings(max_examples=4, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 400), min_size=1, max_size=120), min_size=10, max_size=10),
+       st.integers(0, 2 ** 31 - 1))
+def test_step_batch_equals_vmapped_step(batch_runs, draws, seed):
+    """Hostile token streams (tags, calls, checks, stray quotes and braces, random ids, early end-of-turn ids):
+    `step_batch` gives the same state as `jax.vmap(step)`, every leaf, after every step, whatever `rows`."""
+    vmapped, batched = batch_runs
+    toks = jnp.asarray([_tokens(d) for d in draws], jnp.int32)
+    keys = jax.random.split(jax.random.key(seed), toks.shape[0])
+    want = vmapped(keys, toks)
+    assert np.asarray(want.turn[-1]).any()  # the end-of-turn path ran
+    want = jax.tree.leaves(want)
+    for rows, run in batched.items():
+        got = jax.tree.leaves(run(keys, toks))
+        for a, b in zip(want, got):
+            if jnp.issubdtype(a.dtype, jax.dtypes.prng_key):
+                a, b = jax.random.key_data(a), jax.random.key_data(b)
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=f"rows={rows}")
