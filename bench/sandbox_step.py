@@ -35,6 +35,7 @@ flags.DEFINE_enum("tokenizer", "builtin", ["builtin", "byte", "hf"], "tokenizer 
 flags.DEFINE_string("hf_dir", "models/smollm2-135m-instruct", "Hugging Face directory of --tokenizer=hf")
 flags.DEFINE_float("yes_prob", 0.5, "chance a check is answered yes")
 flags.DEFINE_integer("python_episodes", 1024, "episodes the Python loop runs (its rate is per step)")
+flags.DEFINE_integer("rows", 0, "env.step_batch's rows gathered at a time (0: its default, min(batch, 32))")
 flags.DEFINE_integer("repeats", 3, "timed runs of the jitted side (best is reported)")
 FLAGS = flags.FLAGS
 
@@ -132,7 +133,7 @@ def main(_):
         @jax.jit
         def run(keys, sc):
             if batched:
-                s, _, _ = scripted.rollout_batch(keys, sc, vocab, T.ORACLE, params, n_steps)
+                s, _, _ = scripted.rollout_batch(keys, sc, vocab, T.ORACLE, params, n_steps, FLAGS.rows or None)
             else:
                 s, _, _ = jax.vmap(lambda k, c: scripted.rollout(k, c, vocab, T.ORACLE, params, n_steps))(keys, sc)
             return s.n_tokens, s.done

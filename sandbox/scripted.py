@@ -130,14 +130,15 @@ def rollout(key: jax.Array, scenario: T.Scenario, vocab: T.Vocab, policy_id, par
 
 
 def rollout_batch(keys: jax.Array, scenario: T.Scenario, vocab: T.Vocab, policy_id, params: T.EnvParams,
-                  n_steps: int) -> tuple[T.EnvState, jax.Array, jax.Array]:
-    """`jax.vmap(rollout)` over (keys [B], scenario [B, ...]), stepping the batch with `env.step_batch`: the same
-    states and tokens, faster. Returns (final states [B], tokens int32[B, n_steps], policy_mask bool[B, n_steps])."""
+                  n_steps: int, rows: int | None = None) -> tuple[T.EnvState, jax.Array, jax.Array]:
+    """`jax.vmap(rollout)` over (keys [B], scenario [B, ...]), stepping the batch with `env.step_batch` (`rows`: its
+    argument): the same states and tokens, faster. Returns (final states [B], tokens int32[B, n_steps], policy_mask
+    bool[B, n_steps])."""
     def body(s, _):
         tok_f, forced = jax.vmap(env.forced_token)(s, scenario)
         tok = jnp.where(forced, tok_f, jax.vmap(scripted_token, in_axes=(0, 0, None))(s, scenario, policy_id))
         mask = ~forced & ~s.done
-        return env.step_batch(s, scenario, vocab, tok, params), (jnp.where(s.done, vocab.pad_id, tok), mask)
+        return env.step_batch(s, scenario, vocab, tok, params, rows), (jnp.where(s.done, vocab.pad_id, tok), mask)
 
     s0 = jax.vmap(env.reset, in_axes=(0, 0, None))(keys, scenario, params)
     s, (toks, mask) = jax.lax.scan(body, s0, None, length=n_steps)

@@ -1,10 +1,9 @@
 """Scripted policies through the jitted, vmapped env on generated scenarios of every cell."""
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sandbox import generate, metrics, protocol, rewards, scripted
+from sandbox import env, generate, metrics, protocol, rewards, scripted
 from sandbox import types as T
 from sandbox.types import Decision as D
 from tests.sandbox import envkit as K
@@ -112,3 +111,23 @@ def test_scripted_turns_follow_the_protocol(world):
             assert all(t["call_valid"][: t["n_calls"]]), (s.id, p, st)
             assert t["n_calls"] + t["n_checks"] <= 1 and (t["n_calls"] + t["n_checks"] == 1 or t["has_text"])
 
+
+
+def test_rollout_batch_equals_vmapped_rollout(runs, world):
+    """`scripted.rollout_batch` (`env.step_batch`) gives every policy's tokens, mask and outcome of the vmapped
+    per-episode `scripted.rollout`."""
+    specs, sc = world
+    keys = jax.random.split(jax.random.key(0), len(specs))
+
+    @jax.jit
+    def run(keys, sc, policy, params):
+        s, toks, mask = scripted.rollout_batch(keys, sc, K.vocab(), policy, params, K.N_STEPS, rows=4)
+        return jax.vmap(env.outcome)(s, sc), toks, mask
+
+    for policy in range(len(T.POLICIES)):
+        o, toks, mask = run(keys, sc, policy, K.PARAMS._replace(check_yes_prob=1.0))
+        want_o, *_, want_toks, want_mask = runs[policy, 1.0]
+        np.testing.assert_array_equal(np.asarray(toks), want_toks)
+        np.testing.assert_array_equal(np.asarray(mask), want_mask)
+        for a, b in zip(jax.tree.leaves(K.np_tree(o)), jax.tree.leaves(want_o)):
+            np.testing.assert_array_equal(a, b)
