@@ -1,7 +1,7 @@
 """The environment: pure functions over `EnvState`, one token per step, jit- and vmap-able (gymnax / jumanji style).
 
 An episode is the prompt, then policy turns and env turns alternating (layout in `sandbox.protocol`). The rollout
-drives it token by token, batched with `jax.vmap`:
+drives it token by token, batched (`step_batch`, which equals `jax.vmap(step)`):
 
     tok_f, forced = forced_token(s, sc)              # the env's inserted text comes out of its queue
     tok = jnp.where(forced, tok_f, sampled)
