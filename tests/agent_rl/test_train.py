@@ -15,7 +15,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 def _cmd(workdir, cache):
     return [sys.executable, str(ROOT / "launch" / "train.py"), "--config", str(ROOT / "configs" / "micro.py"),
-            f"--config.workdir={workdir}", f"--config.tokenizer.cache_dir={cache}"]
+            f"--config.workdir={workdir}", f"--config.tokenizer.cache_dir={cache}",
+            f"--config.compile_cache_dir={cache / 'xla'}"]
 
 
 def _run(workdir, cache, timeout=600):
@@ -60,6 +61,9 @@ def test_end_to_end_outputs(finished):
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [4, 6]
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["grpo"]["steps"] == 2
+    # compilations of a second or more were kept for the later runs of this module (SFT, rollout, GRPO update)
+    kept = [p.name for p in (pathlib.Path(saved["compile_cache_dir"])).iterdir()]
+    assert any(n.startswith("jit_sample_episodes") for n in kept), kept
 
 
 @pytest.mark.slow  # ~50 s; CI's resume check is the corrupt-checkpoint test below
