@@ -120,6 +120,11 @@ def run(policy: Policy, carry, scenario, vocab, key: jax.Array, env_params, max_
     env_state = jax.vmap(env_lib.reset, in_axes=(0, 0, None))(jax.random.split(k_env, b), scenario, env_params)
     forced_token = jax.vmap(env_lib.forced_token)
     row_key = jax.vmap(jax.random.fold_in, in_axes=(None, 0))
+    # step_batch gathers the rows that need the byte loop or end a turn; with the rows sharded over devices that
+    # gather crosses shards inside the loop (two processes on one machine aborted in it), so there the env steps
+    # every row (jax.vmap(step), equal results).
+    vmapped = jax.vmap(env_lib.step, in_axes=(0, 0, None, 0, None))
+    step_env = env_lib.step_batch if model_lib.row_shards() == 1 else vmapped
 
     # Outputs [B, T] of every row; the loop writes the rows it steps (`rows`: their indices in the batch).
     out = (jnp.full((b, t_max), vocab.pad_id, jnp.int32), jnp.zeros((b, t_max), bool), jnp.zeros((b, t_max), bool),
@@ -132,7 +137,7 @@ def run(policy: Policy, carry, scenario, vocab, key: jax.Array, env_params, max_
         live = ~env_state.done
         token = jnp.where(live, jnp.where(forced, f_tok, sampled), vocab.pad_id).astype(jnp.int32)
         by_policy = live & ~forced
-        new_state = env_lib.step_batch(env_state, scen, vocab, token, env_params)
+        new_state = step_env(env_state, scen, vocab, token, env_params)
         # Finished episodes stay exactly as they were (the sandbox never sees their padding).
         env_state = jax.tree.map(lambda n, o: jnp.where(_bcast(live, n), n, o), new_state, env_state)
         carry = policy.observe(carry, token, live)

@@ -40,7 +40,9 @@ from sandbox import metrics as sandbox_metrics
 def train(cfg) -> dict[str, dict[str, float]]:
     """Run (or resume) the job the config names; returns {"base": metrics, "aligned": metrics} on heldout."""
     run_config.validate(cfg)  # every rule, before anything is written
-    if cfg.compile_cache_dir:  # before the first compilation: JAX decides once per process whether to use it
+    # Before the first compilation: JAX decides once per process whether to use it. Single-process runs only: the
+    # multi-process path is not tested with it.
+    if cfg.compile_cache_dir and jax.process_count() == 1:
         jax.config.update("jax_compilation_cache_dir", str(pathlib.Path(cfg.compile_cache_dir).expanduser()))
     workdir = pathlib.Path(cfg.workdir)
     primary = distributed.is_primary()  # the process that writes the run's files (every process computes)

@@ -63,6 +63,7 @@ def get_config() -> config_dict.ConfigDict:
     c.eval = dict(batch_size=352, temperature=0.0, every=0)  # every: also evaluate every N GRPO steps
     c.checkpoint = dict(every=20, keep=2)
     # XLA executables that took over a second to compile are kept here and reused by later runs of the same shapes
-    # (JAX's persistent compilation cache); "" turns it off. A rerun or an ablation then skips most compilation.
+    # (JAX's persistent compilation cache; single-process runs only); "" turns it off. A rerun or an ablation then
+    # skips most compilation.
     c.compile_cache_dir = "cache/xla"
     return c
