@@ -177,5 +177,6 @@ def main(_):
     print(f"step_batch / vmap(step): {base / fast:.2f}x   same lengths and done flags: {same}   "
           f"episode-length mismatches against python: {mismatch}/{n_py}")
 
+
 if __name__ == "__main__":
     app.run(main)

@@ -205,9 +205,9 @@ def step(state: T.EnvState, scenario: T.Scenario, vocab: T.Vocab, token: jax.Arr
 
     A done episode is returned unchanged. For a batch, `step_batch` equals `jax.vmap(step)` and is faster.
     """
-    token, _, nb = _policy_token(state, vocab, token)
+    token, is_eos, nb = _policy_token(state, vocab, token)
     pstate = parser.feed_token(state.parser, vocab.tokens, token, vocab.table[token], nb)
-    return _advance(state, scenario, vocab, token, params, pstate, _end_turn(state, scenario, params))
+    return _advance(state, scenario, vocab, token, is_eos, nb, params, pstate, _end_turn(state, scenario, params))
 
 
 def _policy_token(state: T.EnvState, vocab: T.Vocab, token):
@@ -272,23 +272,21 @@ def step_batch(state: T.EnvState, scenario: T.Scenario, vocab: T.Vocab, token: j
     shapes = jax.eval_shape(jax.vmap(end_turn), *jax.tree.map(lambda x: x[:1], (state, small)))
     judged = jax.tree.map(lambda x: jnp.zeros((B,) + x.shape[1:], x.dtype), shapes)
     judged = _on_rows(is_eos, end_turn, (state, small), judged, K)
-    return jax.vmap(lambda s, sc, t, p, j: _advance(s, sc, vocab, t, params, p, j))(state, scenario, token, pstate,
-                                                                                    judged)
+    advance = lambda s, sc, t, e, n, p, j: _advance(s, sc, vocab, t, e, n, params, p, j)  # noqa: E731
+    return jax.vmap(advance)(state, scenario, token, is_eos, nb, pstate, judged)
 
 
-def _advance(state: T.EnvState, scenario: T.Scenario, vocab: T.Vocab, token: jax.Array, params: T.EnvParams,
-             pstate, judged) -> T.EnvState:
-    """`step` given the token (clipped), the parser state after it and `_end_turn(state, ...)` (read only if the
-    token ends a policy turn)."""
+def _advance(state: T.EnvState, scenario: T.Scenario, vocab: T.Vocab, token: jax.Array, is_eos: jax.Array,
+             nb: jax.Array, params: T.EnvParams, pstate, judged) -> T.EnvState:
+    """`step` given `_policy_token`'s (token, is_eos, nb), the parser state after the token and
+    `_end_turn(state, ...)` (read only if the token ends a policy turn)."""
     sh = scenario.shapes
     live = ~state.done
     forced = (state.q_head < state.q_len) & live
     policy = live & ~forced
-    is_eos = policy & (token == vocab.eos_id)
     feed = policy & ~is_eos
 
     # Policy bytes: the turn's text buffer.
-    nb = jnp.where(feed, vocab.lengths[token], 0)
     data = vocab.table[token]
     MB, TB = data.shape[0], sh.text
     idx = jnp.where(jnp.arange(MB) < nb, state.text_len + jnp.arange(MB), TB)
