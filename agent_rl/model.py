@@ -354,18 +354,21 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.
   return jnp.transpose(out, (0, 3, 1, 2, 4)).reshape(b, t, h, hd)
 
 
-def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, block: int) -> jax.Array:
-  """`attention` for a causal mask (T == S, no query sees a later slot), skipping the key blocks after each block
-  of `block` queries: query block i reads keys [0, (i + 1) * block) only. Same shapes and result as `attention`
-  (the skipped scores are masked there, so they add exact zeros), for about (n + 1) / 2n of its score work with
-  n = ceil(T / block) blocks: on a CPU the [B, heads, T, S] softmax, not the products, is most of its time."""
+def causal_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, block: int,
+                     offset: int = 0) -> jax.Array:
+  """`attention` for a causal mask (S == offset + T: `offset` slots any query may see, then the T queries' own
+  slots, none seen by an earlier query), skipping the key blocks after each block of `block` queries: query block
+  i reads keys [0, offset + (i + 1) * block) only. Same shapes and result as `attention` (the skipped scores are
+  masked there, so they add exact zeros), for about (n + 1) / 2n of its score work over the queries' own slots with
+  n = ceil(T / block) blocks: on a CPU the [B, heads, T, S] softmax, not the products, is most of its time.
+  offset > 0: a shared prompt's keys come first (`forward_shared`)."""
   t = q.shape[1]
   if block <= 0 or t <= block:
     return attention(q, k, v, mask)
   outs = []
   for start in range(0, t, block):
-    end = min(start + block, t)
-    outs.append(attention(q[:, start:end], k[:, :end], v[:, :end], mask[:, start:end, :end]))
+    end = offset + min(start + block, t)
+    outs.append(attention(q[:, start:start + block], k[:, :end], v[:, :end], mask[:, start:start + block, :end]))
   return jnp.concatenate(outs, axis=1)
 
 
@@ -496,7 +499,8 @@ class Transformer(nnx.Module):
 
   def __call__(self, tokens: jax.Array, positions: jax.Array, attn_mask: jax.Array | None = None,
                cache: Cache | None = None, dropout_key: jax.Array | None = None,
-               causal_block: int = 0) -> tuple[jax.Array, Cache | None]:
+               causal_block: int = 0, prefix: tuple[jax.Array, jax.Array] | None = None,
+               head: bool = True) -> tuple[jax.Array, Any]:
     """Run T new tokens.
 
     tokens, positions: int32[B, T].
@@ -508,7 +512,10 @@ class Transformer(nnx.Module):
     dropout_key: LoRA dropout (cfg.lora_dropout) is applied only when given.
     causal_block > 0 (no cache, T == S): attn_mask is causal, and each block of that many queries skips the keys
     after it (`causal_attention`).
-    Returns logits float32[B, T, vocab] and the cache (None without one).
+    prefix (no cache): keys and values k, v [layers, B, P, kv_heads, hd] of P earlier tokens, every layer's, put
+    before the new tokens' own: attn_mask is then bool[B, T, P + T] over both (`forward_shared`).
+    Returns logits float32[B, T, vocab] and the cache (None without one). head=False (no cache): no logits (None);
+    the second value is every layer's new keys and values (k, v), each [layers, B, T, kv_heads, hd].
     """
     cfg = self.cfg
     b, t = tokens.shape
@@ -529,12 +536,16 @@ class Transformer(nnx.Module):
 
     def layer(x, xs):
       x = shard_rows(x)
-      state, index = xs
+      state, index = xs[:2]
       blk = nnx.merge(graphdef, state)
       key = None if dropout_key is None else jax.random.fold_in(dropout_key, index)
       h = rms_norm(x, blk.attn_norm[...], cfg.rms_eps)
       q, k, v = blk.attn.qkv(h, positions, key)
-      if cache is None:
+      if prefix is not None:  # this layer's keys and values of the shared prompt, then the new tokens' own
+        kp, vp = xs[2]
+        y = causal_attention(q, jnp.concatenate([kp.astype(k.dtype), k], 1),
+                             jnp.concatenate([vp.astype(v.dtype), v], 1), attn_mask, causal_block, kp.shape[1])
+      elif cache is None:
         y = causal_attention(q, k, v, attn_mask, causal_block)
       else:
         y = cached_attention(q, cache.k, cache.v, index, mask_old, k, v, mask_new, cache.index, cfg.decode_block)
@@ -546,7 +557,10 @@ class Transformer(nnx.Module):
       layer = jax.checkpoint(layer)
     # The cache is read inside the layer loop by (layer, block) slices and written once afterwards, so a loop
     # carrying it (generate, the rollout) can update it in place.
-    x, (k_new, v_new) = jax.lax.scan(layer, x, (block_state, jnp.arange(cfg.n_layers)))
+    xs = (block_state, jnp.arange(cfg.n_layers)) + (() if prefix is None else (prefix,))
+    x, (k_new, v_new) = jax.lax.scan(layer, x, xs)
+    if not head:
+      return None, (k_new, v_new)
     if cache is not None:
       write = lambda old, new: jax.lax.dynamic_update_slice(  # noqa: E731  new [L, B, T, kv, hd] -> head-major
           old, new.swapaxes(2, 3).astype(old.dtype), (0, 0, 0, cache.index, 0))
@@ -630,6 +644,31 @@ def forward(model: Transformer, tokens: jax.Array, valid: jax.Array, dropout_key
   t = tokens.shape[1]
   mask = jnp.tril(jnp.ones((t, t), bool))[None] & valid[:, None, :]
   logits, _ = model(tokens, positions_from_valid(valid), mask, dropout_key=dropout_key, causal_block=causal_block)
+  return logits
+
+
+def forward_shared(model: Transformer, prefix: jax.Array, prefix_valid: jax.Array, tokens: jax.Array,
+                   valid: jax.Array, causal_block: int = CAUSAL_BLOCK) -> jax.Array:
+  """`forward` for rows that share a prompt, the prompt run once: logits of the rows' own tokens only.
+
+  prefix int32[N, P], prefix_valid bool[N, P]: N prompts (valid tokens left-aligned); tokens int32[N * R, T],
+  valid bool[N * R, T]: R continuations of each prompt, rows of one prompt consecutive. Row r continues prompt
+  r // R: its positions start after that prompt's valid tokens and its tokens see them all.
+  Returns float32[N * R, T, vocab], equal to `forward` over each row's prompt and continuation laid end to end
+  (up to float reduction order), for the prompt's share of the work once per prompt instead of once per row; the
+  gradient reaches the prompt's keys and values through every row that reads them.
+  """
+  p, t = prefix.shape[1], tokens.shape[1]
+  reps = tokens.shape[0] // prefix.shape[0]
+  causal = jnp.tril(jnp.ones((p, p), bool))[None] & prefix_valid[:, None, :]
+  _, (k, v) = model(prefix, positions_from_valid(prefix_valid), causal, causal_block=causal_block, head=False)
+  rep = lambda x: jnp.repeat(x, reps, axis=1)  # noqa: E731  [L, N, ...] -> [L, N * R, ...]
+  seen = jnp.repeat(prefix_valid, reps, axis=0)  # [N * R, P]
+  mask = jnp.concatenate([jnp.broadcast_to(seen[:, None, :], (tokens.shape[0], t, p)),
+                          jnp.tril(jnp.ones((t, t), bool))[None] & valid[:, None, :]], axis=2)
+  start = jnp.sum(seen, axis=1, dtype=jnp.int32)
+  logits, _ = model(tokens, positions_from_valid(valid, start), mask, causal_block=causal_block,
+                    prefix=(rep(k), rep(v)))
   return logits
 
 

@@ -172,15 +172,25 @@ def _bcast(mask: jax.Array, x: jax.Array) -> jax.Array:
     return mask.reshape(mask.shape + (1,) * (x.ndim - 1))
 
 
-@partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "halvings"))
+@partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "halvings", "group_size"))
 def sample_episodes(graphdef, params, scenario, vocab, key, env_params, temperature, *, max_new_tokens: int,
-                    halvings: int = 2):
-    """The model's rollout: prefill the prompts, then `run` with the model policy. Returns a Trajectory."""
+                    halvings: int = 2, group_size: int = 1):
+    """The model's rollout: prefill the prompts, then `run` with the model policy. Returns a Trajectory.
+
+    group_size > 1: the rows come in groups of that many copies of one scenario (`repeat_group`); each group's
+    prompt is prefilled once and its KV cache copied to the group's rows (when the groups split evenly over the
+    mesh's row shards; otherwise every row is prefilled)."""
     model = nnx.merge(graphdef, params)
     b, p = scenario.prompt.shape
-    cache = model_lib.init_cache(model.cfg, b, p + max_new_tokens)
-    logits, cache = model_lib.prefill(model, cache, scenario.prompt, prompt_valid(scenario))
-    return run(model_policy(model, temperature), (cache, logits[:, -1]), scenario, vocab, key, env_params,
+    share = group_size > 1 and b % group_size == 0 and (b // group_size) % model_lib.row_shards() == 0
+    firsts = jnp.arange(0, b, group_size) if share else jnp.arange(b)
+    cache = model_lib.init_cache(model.cfg, firsts.shape[0], p + max_new_tokens)
+    logits, cache = model_lib.prefill(model, cache, scenario.prompt[firsts], prompt_valid(scenario)[firsts])
+    logits = logits[:, -1]
+    if share:
+        rows = jnp.repeat(jnp.arange(b // group_size), group_size)
+        cache, logits = model_lib.take_rows(cache, rows), logits[rows]
+    return run(model_policy(model, temperature), (cache, logits), scenario, vocab, key, env_params,
                max_new_tokens, halvings)
 
 
@@ -213,6 +223,56 @@ def trim(traj: Trajectory, multiple: int = 32) -> Trajectory:
 
     return traj._replace(tokens=shift(traj.tokens, 0), valid=shift(valid, False),
                          policy_mask=shift(traj.policy_mask, False), logprobs=shift(traj.logprobs, 0.0))
+
+
+class Shared(NamedTuple):
+    """A GRPO batch laid out for `model.forward_shared`: each group's prompt once, each row's tokens after it.
+
+    prefix:       int32[N, P]  group g's prompt but its last token (left-aligned, padded on the right)
+    prefix_valid: bool[N, P]
+    tokens, valid, policy_mask, logprobs: [N * G, T]  row r (group r // G) from its prompt's last token on, so the
+                  first position's logits predict the episode's first token; the Trajectory's fields otherwise.
+    """
+    prefix: jax.Array
+    prefix_valid: jax.Array
+    tokens: jax.Array
+    valid: jax.Array
+    policy_mask: jax.Array
+    logprobs: jax.Array
+
+
+def share_prompts(traj: Trajectory, prompt_len, group_size: int, multiple: int = 32) -> Shared:
+    """`trim`'s batch split at each row's prompt (host side): the G rows of a group (consecutive, as
+    `repeat_group` lays them out) share one prompt, which the update then runs once instead of G times.
+
+    traj: left-aligned rows (`trim`'s output); prompt_len int[N * G]. Widths are multiples of `multiple`. The rows
+    of a group must hold the same prompt: a ValueError names the first group whose rows differ.
+    """
+    tokens, valid = np.asarray(traj.tokens), np.asarray(traj.valid)
+    b, width = tokens.shape
+    if b % group_size:
+        raise ValueError(f"share_prompts: {b} rows do not split into groups of {group_size}")
+    cut = np.asarray(prompt_len, np.int64) - 1  # prompt tokens before the shared part ends
+    first = np.arange(0, b, group_size)
+    cols = np.arange(width)[None, :]
+    prompt = np.where(cols < cut[:, None] + 1, tokens, -1)
+    same = (prompt.reshape(-1, group_size, width) == prompt[first][:, None]).all(axis=(1, 2))
+    if not same.all():
+        raise ValueError(f"share_prompts: the rows of GRPO group {int(np.argmin(same))} hold different prompts")
+    p = max(multiple, -(-int(cut.max(initial=0)) // multiple) * multiple)
+    pv = np.arange(p)[None, :] < cut[first][:, None]
+    prefix = np.where(pv, np.pad(tokens[first], ((0, 0), (0, max(p - width, 0))))[:, :p], 0)
+    length = valid.sum(1) - cut
+    t = min(width, max(multiple, -(-int(length.max(initial=0)) // multiple) * multiple))
+    src = cut[:, None] + np.arange(t)[None, :]
+    inside = src < width
+    src = np.minimum(src, width - 1)
+
+    def shift(x, fill):
+        return np.where(inside, np.take_along_axis(np.asarray(x), src, axis=1), fill)
+
+    return Shared(prefix.astype(np.int32), pv, shift(tokens, 0), shift(valid, False) & inside,
+                  shift(traj.policy_mask, False), shift(traj.logprobs, 0.0))
 
 
 def trim_prompts(scenario, multiple: int = 32):

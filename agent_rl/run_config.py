@@ -152,6 +152,13 @@ def validate(cfg) -> None:
         if number("grpo.microbatch") >= 1 and number("grpo.minibatch_size") >= 1:
             need("grpo.microbatch", g.minibatch_size % g.microbatch == 0 and n % g.microbatch == 0,
                  "must divide grpo.minibatch_size and the rollout batch")
+        need("grpo.share_prompt", isinstance(flat.get("grpo.share_prompt"), bool), "must be True or False")
+        gs, mb, mbs = number("grpo.group_size"), number("grpo.microbatch"), number("grpo.minibatch_size")
+        if flat.get("grpo.share_prompt") is True and gs >= 2 and mb >= 1 and mbs >= 1:
+            need("grpo.minibatch_size", mbs % gs == 0,
+                 f"must be a multiple of grpo.group_size = {gs} with grpo.share_prompt (minibatches of whole groups)")
+            need("grpo.microbatch", mb % gs == 0 or gs % mb == 0,
+                 f"must be a multiple or a divisor of grpo.group_size = {gs} with grpo.share_prompt")
         need("grpo.lr", number("grpo.lr") > 0, "must be > 0")
         need("grpo.temperature", number("grpo.temperature") > 0, "must be > 0")
         need("grpo.eps_low", 0 <= number("grpo.eps_low") < 1, "must be in [0, 1)")

@@ -40,9 +40,14 @@ def next_tokens(x):
     return jnp.pad(x[:, 1:], ((0, 0), (0, 1)))
 
 
-def sequence_logprobs(model, tokens, valid, temperature: float = 1.0):
-    """f32[B, S]: log-prob of tokens[:, s] given tokens[:, :s] (0 at s = 0), and the entropy there."""
-    logits = model_lib.forward(model, tokens, valid) / temperature
+def sequence_logprobs(model, tokens, valid, temperature: float = 1.0, prefix=None, prefix_valid=None):
+    """f32[B, S]: log-prob of tokens[:, s] given tokens[:, :s] (0 at s = 0), and the entropy there.
+    With prefix int32[N, P] (and prefix_valid), row r also sees prompt r // (B / N) before it: a `rollout.Shared`
+    batch (`model.forward_shared`)."""
+    if prefix is None:
+        logits = model_lib.forward(model, tokens, valid) / temperature
+    else:
+        logits = model_lib.forward_shared(model, prefix, prefix_valid, tokens, valid) / temperature
     lp = grpo.token_logprobs(logits, next_tokens(tokens))  # at s: the prediction of tokens[:, s + 1]
     ent = grpo.token_entropy(logits)
     later = lambda x: jnp.pad(x[:, :-1], ((0, 0), (1, 0)))  # noqa: E731  move each prediction to its token
@@ -52,16 +57,17 @@ def sequence_logprobs(model, tokens, valid, temperature: float = 1.0):
 def accumulated_grad(loss_fn, params, batch, microbatch: int):
     """Gradient of sum(loss sums) / sum(denominators) over microbatches of `microbatch` rows, one at a time.
 
-    loss_fn(params, micro) -> (loss_sum, (denominator, metrics)); batch: pytree of [B, ...] arrays. Because each
+    loss_fn(params, micro) -> (loss_sum, (denominator, metrics)); batch: pytree of [B, ...] arrays, its first leaf
+    the rows (other leaves, e.g. a Shared batch's prompts, are cut into as many equal parts). Because each
     microbatch returns a sum and a count, the result equals the whole batch's loss and gradient at a fraction of
     the activation memory (and on CPU, of the time: small attention blocks stay in cache).
     Returns (loss, grads, metrics averaged over microbatches).
     """
     b = jax.tree.leaves(batch)[0].shape[0]
     n = max(b // microbatch, 1)
-    if b % n:
+    if any(x.shape[0] % n for x in jax.tree.leaves(batch)):
         raise ValueError(f"batch of {b} rows does not split into microbatches of {microbatch}")
-    micro = jax.tree.map(lambda x: x.reshape(n, b // n, *x.shape[1:]), batch)
+    micro = jax.tree.map(lambda x: x.reshape(n, x.shape[0] // n, *x.shape[1:]), batch)
 
     def body(carry, mb):
         g_acc, s_acc, d_acc = carry
@@ -120,30 +126,43 @@ def grpo_update(graphdef, params, opt_state, ref_params, traj: rollout.Trajector
     params, ref_params: trainable states (the policy's and the frozen reference's); frozen: the weights both share
 
 
-    and nothing updates (LoRA's base)."""
+    and nothing updates (LoRA's base).
+    traj: a Trajectory, or a `rollout.Shared` batch (each group's prompt run once per microbatch that reads it);
+    a Shared batch's minibatches are whole groups (minibatch_size a multiple of the group size, and microbatch a
+    multiple or a divisor of it)."""
     frozen = nnx.State({}) if frozen is None else frozen
     n = traj.tokens.shape[0]
-    batches = grpo.minibatches(key, n, hp.minibatch_size, hp.mu)
     data = (traj.tokens, traj.valid, traj.policy_mask, traj.logprobs, advantages)
+    if isinstance(traj, rollout.Shared):
+        g = n // traj.prefix.shape[0]
+        r = min(hp.microbatch, g)  # rows per prompt in a microbatch
+        groups = grpo.minibatches(key, n // g, hp.minibatch_size // g, hp.mu)
+        batches = (groups[..., None] * g + jnp.arange(g)).reshape(groups.shape[0], -1)  # a group's rows together
+        prompts = lambda rows: (traj.prefix[rows[::r] // g], traj.prefix_valid[rows[::r] // g])  # noqa: E731
+    else:
+        batches = grpo.minibatches(key, n, hp.minibatch_size, hp.mu)
+        prompts = lambda rows: ()  # noqa: E731
     if hp.beta > 0:  # the frozen reference policy's log-probs, once per rollout batch
         ref_model = nnx.merge(graphdef, ref_params, frozen)
-        chunks = jax.tree.map(lambda x: x.reshape(-1, hp.microbatch, *x.shape[1:]), (traj.tokens, traj.valid))
-        ref_logp = jax.lax.map(lambda c: sequence_logprobs(ref_model, *c, hp.temperature)[0], chunks)
+        chunks = jax.tree.map(lambda x: x.reshape(n // hp.microbatch, -1, *x.shape[1:]),
+                              (traj.tokens, traj.valid) + prompts(jnp.arange(n)))
+        ref_logp = jax.lax.map(lambda c: sequence_logprobs(ref_model, *c[:2], hp.temperature, *c[2:])[0], chunks)
         data += (ref_logp.reshape(traj.tokens.shape),)
 
     def loss_fn(params, mb):
-        tokens, valid, mask, old_logp, adv = mb[:5]
-        logp, ent = sequence_logprobs(nnx.merge(graphdef, params, frozen), tokens, valid, hp.temperature)
+        (tokens, valid, mask, old_logp, adv), ref_logp, prompt = mb[0][:5], mb[0][5:], mb[1]
+        logp, ent = sequence_logprobs(nnx.merge(graphdef, params, frozen), tokens, valid, hp.temperature, *prompt)
         loss_sum, denom, m = grpo.policy_loss(
             logp, old_logp, adv, mask, eps_low=hp.eps_low, eps_high=hp.eps_high, beta=hp.beta,
-            ref_logp=mb[5] if hp.beta > 0 else None, kl_estimator=hp.kl_estimator, aggregation=hp.aggregation,
-            constant_norm=hp.constant_norm or None)
+            ref_logp=ref_logp[0] if hp.beta > 0 else None, kl_estimator=hp.kl_estimator,
+            aggregation=hp.aggregation, constant_norm=hp.constant_norm or None)
         m["entropy"] = (ent * mask).sum() / jnp.maximum(mask.sum(), 1.0)
         return loss_sum, (denom, m)
 
     def body(carry, idx):
         params, opt_state = carry
-        loss, grads, m = accumulated_grad(loss_fn, params, jax.tree.map(lambda x: x[idx], data), hp.microbatch)
+        mb = (jax.tree.map(lambda x: x[idx], data), prompts(idx))
+        loss, grads, m = accumulated_grad(loss_fn, params, mb, hp.microbatch)
         updates, opt_state = tx.update(grads, opt_state, params)
         m = {**m, "loss": loss, "grad_norm": optax.tree.norm(grads)}
         return (optax.apply_updates(params, updates), opt_state), m

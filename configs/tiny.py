@@ -56,9 +56,12 @@ def get_config() -> config_dict.ConfigDict:
     c.sft = dict(steps=550, batch_size=16, microbatch=8, lr=5e-3, warmup=10, weight_decay=0.0,
                  mixture=dict(always_execute=0.85, oracle=0.15, always_refuse=0.0, always_check=0.0), init_from="")
 
+    # share_prompt: the update runs each group's prompt once per microbatch, not once per sample (the same loss;
+    # minibatches are whole groups); False: minibatches of rows drawn across groups, every row run in full.
     c.grpo = dict(steps=50, n_scenarios=16, group_size=8, temperature=1.0, lr=1e-3, warmup=2,
                   mu=1, minibatch_size=32, microbatch=8, eps_low=0.2, eps_high=0.28, beta=0.0, kl_estimator="k3",
-                  adv_mode="std", adv_eps=1e-6, aggregation="token_mean", constant_norm=0.0, max_grad_norm=1.0)
+                  adv_mode="std", adv_eps=1e-6, aggregation="token_mean", constant_norm=0.0, max_grad_norm=1.0,
+                  share_prompt=True)
 
     c.eval = dict(batch_size=352, temperature=0.0, every=0)  # every: also evaluate every N GRPO steps
     c.checkpoint = dict(every=20, keep=2)

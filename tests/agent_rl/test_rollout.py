@@ -144,6 +144,20 @@ def test_halving_the_batch_changes_no_episode(world):
     _assert_same_trajectory(*sampled, logprob_atol=1e-5)
 
 
+def test_prefilling_a_groups_prompt_once_changes_no_episode(world):
+    """group_size > 1 prefills each group's prompt once and copies its cache to the group's rows: the same sampled
+    episodes, token for token, as prefilling every row."""
+    _, _, scen, vocab, model = world
+    graphdef, params = nnx.split(model, nnx.Param)
+    groups = rollout.repeat_group(jax.tree.map(lambda x: x[:3], scen), 4)
+    params_env = PARAMS._replace(max_turn_tokens=24, max_tokens=64)
+    sampled = [rollout.sample_episodes(graphdef, params, groups, vocab, jax.random.key(5), params_env, 1.0,
+                                       max_new_tokens=64, group_size=g) for g in (1, 4)]
+    tokens = np.asarray(sampled[0].tokens)
+    assert not all((tokens[i] == tokens[i - i % 4]).all() for i in range(12))  # a group's samples differ
+    _assert_same_trajectory(*sampled, logprob_atol=1e-5)
+
+
 def test_per_row_keys_make_draws_independent_of_the_batch():
     """With one key per row, a row's draw is the same whatever rows share its batch."""
     logits = jax.random.normal(jax.random.key(0), (6, 50))
