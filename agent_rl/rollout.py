@@ -241,12 +241,14 @@ class Shared(NamedTuple):
     logprobs: jax.Array
 
 
-def share_prompts(traj: Trajectory, prompt_len, group_size: int, multiple: int = 32) -> Shared:
+def share_prompts(traj: Trajectory, prompt_len, group_size: int, multiple: int = 32,
+                  prompt_multiple: int = 32) -> Shared:
     """`trim`'s batch split at each row's prompt (host side): the G rows of a group (consecutive, as
     `repeat_group` lays them out) share one prompt, which the update then runs once instead of G times.
 
-    traj: left-aligned rows (`trim`'s output); prompt_len int[N * G]. Widths are multiples of `multiple`. The rows
-    of a group must hold the same prompt: a ValueError names the first group whose rows differ.
+    traj: left-aligned rows (`trim`'s output); prompt_len int[N * G]. The rows' width is a multiple of `multiple`,
+    the prompts' of `prompt_multiple` (each new pair of widths compiles the update again). The rows of a group
+    must hold the same prompt: a ValueError names the first group whose rows differ.
     """
     tokens, valid = np.asarray(traj.tokens), np.asarray(traj.valid)
     b, width = tokens.shape
@@ -259,7 +261,7 @@ def share_prompts(traj: Trajectory, prompt_len, group_size: int, multiple: int =
     same = (prompt.reshape(-1, group_size, width) == prompt[first][:, None]).all(axis=(1, 2))
     if not same.all():
         raise ValueError(f"share_prompts: the rows of GRPO group {int(np.argmin(same))} hold different prompts")
-    p = max(multiple, -(-int(cut.max(initial=0)) // multiple) * multiple)
+    p = max(prompt_multiple, -(-int(cut.max(initial=0)) // prompt_multiple) * prompt_multiple)
     pv = np.arange(p)[None, :] < cut[first][:, None]
     prefix = np.where(pv, np.pad(tokens[first], ((0, 0), (0, max(p - width, 0))))[:, :p], 0)
     length = valid.sum(1) - cut

@@ -124,8 +124,6 @@ def grpo_update(graphdef, params, opt_state, ref_params, traj: rollout.Trajector
                 tx, hp):
     """mu epochs of minibatch updates on one rollout batch. hp: hashable GRPO hyper-parameters (GrpoHP).
     params, ref_params: trainable states (the policy's and the frozen reference's); frozen: the weights both share
-
-
     and nothing updates (LoRA's base).
     traj: a Trajectory, or a `rollout.Shared` batch (each group's prompt run once per microbatch that reads it);
     a Shared batch's minibatches are whole groups (minibatch_size a multiple of the group size, and microbatch a

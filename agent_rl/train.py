@@ -193,10 +193,11 @@ def grpo_step(cfg, s: setup_lib.Setup, graphdef, params, opt_state, ref_params, 
                                    cfg.grpo.temperature, max_new_tokens=s.env_params.max_tokens, group_size=g)
     outcome, reward, comps = steps.score(cfg.reward, traj.env_state, batch)
     # The update reads tokens, not env state; every process trims the whole batch (its width is the longest row's).
-    # share_prompt: each group's prompt is run once per microbatch instead of once per row.
+    # share_prompt: each group's prompt is run once per microbatch instead of once per row. The rows after it are
+    # padded to a multiple of 64 tokens: each new width compiles the update again (~8-10 s on a 2-core CPU).
     update_batch = rollout.trim(distributed.host(traj._replace(env_state=None)))
     if cfg.grpo.share_prompt:
-        update_batch = rollout.share_prompts(update_batch, distributed.host(batch.prompt_len), g)
+        update_batch = rollout.share_prompts(update_batch, distributed.host(batch.prompt_len), g, multiple=64)
     adv = grpo.group_advantages(reward.reshape(n_sc, g), cfg.grpo.adv_mode, cfg.grpo.adv_eps).reshape(-1)
     if not bool(jnp.any(adv != 0)):  # every group's rewards tie: this update changes nothing
         print(f"warning: GRPO step {step + 1}: every group's rewards are equal, so every advantage is 0 and "

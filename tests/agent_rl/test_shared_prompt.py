@@ -67,7 +67,7 @@ def test_forward_shared_gradient_equals_forward():
 
 def test_share_prompts_layout():
     traj, plen = _groups(n=3, g=2, seed=5)
-    sh = rollout.share_prompts(traj, plen, 2, multiple=8)
+    sh = rollout.share_prompts(traj, plen, 2, multiple=8, prompt_multiple=8)
     assert sh.prefix.shape == (3, 8) and sh.tokens.shape[1] % 8 == 0
     np.testing.assert_array_equal(sh.prefix_valid.sum(1), plen[::2] - 1)
     for r in range(6):
