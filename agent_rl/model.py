@@ -641,10 +641,15 @@ def forward(model: Transformer, tokens: jax.Array, valid: jax.Array, dropout_key
   positions 0, 1, ... from its first real token). Logits at padding positions are meaningless.
   dropout_key turns on LoRA dropout (if the config has any). causal_block: see `causal_attention` (0: one block).
   """
-  t = tokens.shape[1]
-  mask = jnp.tril(jnp.ones((t, t), bool))[None] & valid[:, None, :]
-  logits, _ = model(tokens, positions_from_valid(valid), mask, dropout_key=dropout_key, causal_block=causal_block)
+  logits, _ = model(tokens, positions_from_valid(valid), _causal_mask(valid), dropout_key=dropout_key,
+                    causal_block=causal_block)
   return logits
+
+
+def _causal_mask(valid: jax.Array) -> jax.Array:
+  """bool[B, T, T]: query t sees slot s iff s <= t and s holds a real token (valid bool[B, T])."""
+  t = valid.shape[1]
+  return jnp.tril(jnp.ones((t, t), bool))[None] & valid[:, None, :]
 
 
 def forward_shared(model: Transformer, prefix: jax.Array, prefix_valid: jax.Array, tokens: jax.Array,
@@ -660,12 +665,12 @@ def forward_shared(model: Transformer, prefix: jax.Array, prefix_valid: jax.Arra
   """
   p, t = prefix.shape[1], tokens.shape[1]
   reps = tokens.shape[0] // prefix.shape[0]
-  causal = jnp.tril(jnp.ones((p, p), bool))[None] & prefix_valid[:, None, :]
-  _, (k, v) = model(prefix, positions_from_valid(prefix_valid), causal, causal_block=causal_block, head=False)
+  _, (k, v) = model(prefix, positions_from_valid(prefix_valid), _causal_mask(prefix_valid),
+                    causal_block=causal_block, head=False)
   rep = lambda x: jnp.repeat(x, reps, axis=1)  # noqa: E731  [L, N, ...] -> [L, N * R, ...]
   seen = jnp.repeat(prefix_valid, reps, axis=0)  # [N * R, P]
-  mask = jnp.concatenate([jnp.broadcast_to(seen[:, None, :], (tokens.shape[0], t, p)),
-                          jnp.tril(jnp.ones((t, t), bool))[None] & valid[:, None, :]], axis=2)
+  mask = jnp.concatenate([jnp.broadcast_to(seen[:, None, :], (tokens.shape[0], t, p)), _causal_mask(valid)],
+                         axis=2)
   start = jnp.sum(seen, axis=1, dtype=jnp.int32)
   logits, _ = model(tokens, positions_from_valid(valid, start), mask, causal_block=causal_block,
                     prefix=(rep(k), rep(v)))

@@ -183,9 +183,11 @@ def sample_episodes(graphdef, params, scenario, vocab, key, env_params, temperat
     model = nnx.merge(graphdef, params)
     b, p = scenario.prompt.shape
     share = group_size > 1 and b % group_size == 0 and (b // group_size) % model_lib.row_shards() == 0
-    firsts = jnp.arange(0, b, group_size) if share else jnp.arange(b)
-    cache = model_lib.init_cache(model.cfg, firsts.shape[0], p + max_new_tokens)
-    logits, cache = model_lib.prefill(model, cache, scenario.prompt[firsts], prompt_valid(scenario)[firsts])
+    prompt, valid = scenario.prompt, prompt_valid(scenario)
+    if share:  # each group's first row
+        prompt, valid = prompt[::group_size], valid[::group_size]
+    cache = model_lib.init_cache(model.cfg, prompt.shape[0], p + max_new_tokens)
+    logits, cache = model_lib.prefill(model, cache, prompt, valid)
     logits = logits[:, -1]
     if share:
         rows = jnp.repeat(jnp.arange(b // group_size), group_size)
@@ -200,6 +202,19 @@ def scripted_episodes(policy_id, scenario, vocab, key, env_params, *, max_new_to
     return run(scripted_policy(), policy_id, scenario, vocab, key, env_params, max_new_tokens, halvings)
 
 
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+def _shifter(start: np.ndarray, keep: int, width: int):
+    """(x [B, width], fill) -> [B, keep]: row b's columns start[b], start[b] + 1, ..., `fill` past the last one
+    (host side; the column indices are computed once for every field shifted)."""
+    src = start[:, None] + np.arange(keep)[None, :]
+    inside = src < width
+    src = np.minimum(src, width - 1)
+    return lambda x, fill: np.where(inside, np.take_along_axis(np.asarray(x), src, axis=1), fill)
+
+
 def trim(traj: Trajectory, multiple: int = 32) -> Trajectory:
     """Left-align every row and drop the columns that are then padding in every row (host side, before a loss).
 
@@ -211,16 +226,8 @@ def trim(traj: Trajectory, multiple: int = 32) -> Trajectory:
     valid = np.asarray(traj.valid)
     width = valid.shape[1]
     start = np.argmax(valid, axis=1)  # first valid column (0 for an empty row)
-    length = valid.sum(1)
-    keep = min(width, max(multiple, -(-int(length.max(initial=0)) // multiple) * multiple))
-    src = start[:, None] + np.arange(keep)[None, :]
-    inside = src < width
-    src = np.minimum(src, width - 1)
-
-    def shift(x, fill):
-        x = np.take_along_axis(np.asarray(x), src, axis=1)
-        return np.where(inside, x, fill)
-
+    keep = min(width, max(multiple, _round_up(int(valid.sum(1).max(initial=0)), multiple)))
+    shift = _shifter(start, keep, width)
     return traj._replace(tokens=shift(traj.tokens, 0), valid=shift(valid, False),
                          policy_mask=shift(traj.policy_mask, False), logprobs=shift(traj.logprobs, 0.0))
 
@@ -261,19 +268,12 @@ def share_prompts(traj: Trajectory, prompt_len, group_size: int, multiple: int =
     same = (prompt.reshape(-1, group_size, width) == prompt[first][:, None]).all(axis=(1, 2))
     if not same.all():
         raise ValueError(f"share_prompts: the rows of GRPO group {int(np.argmin(same))} hold different prompts")
-    p = max(prompt_multiple, -(-int(cut.max(initial=0)) // prompt_multiple) * prompt_multiple)
+    p = max(prompt_multiple, _round_up(int(cut.max(initial=0)), prompt_multiple))
     pv = np.arange(p)[None, :] < cut[first][:, None]
     prefix = np.where(pv, np.pad(tokens[first], ((0, 0), (0, max(p - width, 0))))[:, :p], 0)
-    length = valid.sum(1) - cut
-    t = min(width, max(multiple, -(-int(length.max(initial=0)) // multiple) * multiple))
-    src = cut[:, None] + np.arange(t)[None, :]
-    inside = src < width
-    src = np.minimum(src, width - 1)
-
-    def shift(x, fill):
-        return np.where(inside, np.take_along_axis(np.asarray(x), src, axis=1), fill)
-
-    return Shared(prefix.astype(np.int32), pv, shift(tokens, 0), shift(valid, False) & inside,
+    t = min(width, max(multiple, _round_up(int((valid.sum(1) - cut).max(initial=0)), multiple)))
+    shift = _shifter(cut, t, width)
+    return Shared(prefix.astype(np.int32), pv, shift(tokens, 0), shift(valid, False),
                   shift(traj.policy_mask, False), shift(traj.logprobs, 0.0))
 
 
@@ -281,7 +281,7 @@ def trim_prompts(scenario, multiple: int = 32):
     """Drop prompt columns that are padding in every row of this batch (prompts are left-padded), keeping the width
     a multiple of `multiple`: a shorter KV cache and prefill for batches of short prompts."""
     width = scenario.prompt.shape[1]
-    keep = min(width, -(-int(np.max(scenario.prompt_len)) // multiple) * multiple)
+    keep = min(width, _round_up(int(np.max(scenario.prompt_len)), multiple))
     return scenario.replace(prompt=scenario.prompt[:, width - keep:])
 
 

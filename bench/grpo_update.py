@@ -69,14 +69,11 @@ def main(_):
           f"{shared.prefix.size + shared.tokens.size} token slots", flush=True)
 
     # Both layouts' log-probs of the first group's tokens (the reference's forward), compared on policy tokens.
-    first = lambda x: jnp.asarray(x[:g])  # noqa: E731
     m = lora.full_state(params, frozen)
-    lp_full = jax.jit(lambda p, t, v: steps.sequence_logprobs(
-        nnx.merge(graphdef, p), t, v, hp.temperature)[0])(m, first(full.tokens), first(full.valid))
-    lp_sh = jax.jit(lambda p, t, v, a, b: steps.sequence_logprobs(
-        nnx.merge(graphdef, p), t, v, hp.temperature, a, b)[0])(
-        m, first(shared.tokens), first(shared.valid), jnp.asarray(shared.prefix[:1]),
-        jnp.asarray(shared.prefix_valid[:1]))
+    logprobs = jax.jit(lambda p, t, v, *prompt: steps.sequence_logprobs(  # prompt: (prefix, prefix_valid) or none
+        nnx.merge(graphdef, p), t, v, hp.temperature, *prompt)[0])
+    lp_full = logprobs(m, full.tokens[:g], full.valid[:g])
+    lp_sh = logprobs(m, shared.tokens[:g], shared.valid[:g], shared.prefix[:1], shared.prefix_valid[:1])
     a = np.asarray(lp_full)[np.asarray(full.policy_mask[:g])]
     b = np.asarray(lp_sh)[np.asarray(shared.policy_mask[:g])]
     err = float(np.abs(a - b).max())
