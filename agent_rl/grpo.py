@@ -61,6 +61,14 @@ def group_advantages(rewards: jax.Array, mode: str = "std", eps: float = 1e-6,
     return centred.reshape(shape)
 
 
+def tied_groups(rewards: jax.Array) -> jax.Array:
+    """bool[N]: the groups whose G samples all earned the same reward (rewards f32[N, G]). Their advantages are 0
+    in every mode, so they add no policy gradient: only the KL term and, under token-mean aggregation, tokens to
+    the denominator. The share of them says how much of a step's sampling taught nothing."""
+    rewards = jnp.asarray(rewards, jnp.float32)
+    return rewards.max(axis=1) == rewards.min(axis=1)
+
+
 def kl_penalty(logp: jax.Array, ref_logp: jax.Array, estimator: str = "k3") -> jax.Array:
     """Per-token estimate of KL(pi || pi_ref) from tokens sampled from pi.
 

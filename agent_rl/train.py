@@ -35,6 +35,7 @@ from agent_rl import steps
 from agent_rl.metrics_log import MetricsLogger, NullLogger, progress
 from sandbox import compile as compile_lib
 from sandbox import metrics as sandbox_metrics
+from sandbox import types as sandbox_types
 
 
 def train(cfg) -> dict[str, dict[str, float]]:
@@ -199,7 +200,8 @@ def grpo_step(cfg, s: setup_lib.Setup, graphdef, params, opt_state, ref_params, 
     if cfg.grpo.share_prompt:
         update_batch = rollout.share_prompts(update_batch, distributed.host(batch.prompt_len), g, multiple=64)
     adv = grpo.group_advantages(reward.reshape(n_sc, g), cfg.grpo.adv_mode, cfg.grpo.adv_eps).reshape(-1)
-    if not bool(jnp.any(adv != 0)):  # every group's rewards tie: this update changes nothing
+    tied = np.asarray(distributed.host(grpo.tied_groups(reward.reshape(n_sc, g))))
+    if tied.all():  # every group's rewards tie: this update changes nothing
         print(f"warning: GRPO step {step + 1}: every group's rewards are equal, so every advantage is 0 and "
               f"the update is a no-op", flush=True)
     params, opt_state, m = steps.grpo_update(graphdef, params, opt_state, ref_params, update_batch, adv, k_upd,
@@ -212,4 +214,8 @@ def grpo_step(cfg, s: setup_lib.Setup, graphdef, params, opt_state, ref_params, 
     m["policy_tokens"] = float(traj.policy_mask.sum())
     o, user_kind, tool_kind = jax.tree.map(np.asarray, distributed.host((outcome, batch.user_kind, batch.tool_kind)))
     m.update({f"train/{k}": v for k, v in sandbox_metrics.summarize(o, user_kind, tool_kind).items()})
+    # Groups that taught nothing (all samples rewarded alike), overall and by the prompt's user kind.
+    m["grpo/tied_groups"] = float(tied.mean())
+    m.update({f"grpo/tied_groups/{un}": sandbox_metrics.frac(tied, user_kind[::g] == ui)
+              for ui, un in enumerate(sandbox_types.KIND_NAMES[:3])})
     return params, opt_state, m

@@ -78,6 +78,23 @@ def test_group_advantages_bad_input():
         grpo.group_advantages(jnp.zeros((2, 1)), mode="std")
 
 
+
+def test_tied_groups_are_the_groups_without_advantage():
+    rewards = jnp.array([[1.0, 1.0, 1.0], [0.0, 1.0, 0.0], [-0.5, -0.5, -0.5], [2.5, 2.5, 2.4]])
+    tied = grpo.tied_groups(rewards)
+    assert tied.dtype == jnp.bool_ and tied.tolist() == [True, False, True, False]
+    for mode in grpo.ADVANTAGE_MODES:  # exact zeros for these rewards (their means are exact in float32)
+        adv = grpo.group_advantages(rewards, mode)
+        assert (jnp.all(adv == 0, axis=1) == tied).all(), mode
+
+
+@settings(deadline=None, max_examples=50)
+@given(st.lists(st.lists(st.sampled_from([-1.4, -0.4, 0.0, 0.1, 1.1, 2.5]), min_size=2, max_size=2),
+                min_size=1, max_size=8))
+def test_tied_groups_matches_a_set_of_rewards(rows):
+    tied = grpo.tied_groups(jnp.array(rows))
+    assert tied.tolist() == [len(set(np.float32(r).tolist())) == 1 for r in rows]
+
 # --- KL estimators -------------------------------------------------------------------------------
 
 # d = ref - logp = [0, ln 2, -ln 2]

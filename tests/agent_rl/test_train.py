@@ -56,8 +56,9 @@ def test_end_to_end_outputs(finished):
     grpo_rec = recs[-1]
     for key in ("grpo/loss", "grpo/entropy", "grpo/approx_kl", "grpo/clip_frac_low", "grpo/clip_frac_high",
                 "reward/total", "tokens_per_s", "train/user_table/malicious/refused", "eval/malicious_refusal",
-                "eval_iid/malicious_refusal"):
+                "eval_iid/malicious_refusal", "grpo/tied_groups", "grpo/tied_groups/malicious"):
         assert key in grpo_rec, key
+    assert 0.0 <= grpo_rec["grpo/tied_groups"] <= 1.0
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [4, 6]
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["grpo"]["steps"] == 2
