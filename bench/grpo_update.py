@@ -11,7 +11,8 @@ SmolLM2-135M-Instruct's weights and tokenizer. Correctness: both layouts' log-pr
 are compared (printed; exit status 1 beyond 1e-3).
 
   python bench/grpo_update.py
-  python bench/grpo_update.py --config configs/smollm2.py --config.data.n_train=64 --repeats=1
+  python bench/grpo_update.py --config configs/smollm2.py --config.data.n_train=64 \
+      --config.grpo.n_scenarios=4 --config.grpo.group_size=8 --repeats=1
 """
 import os
 import sys
