@@ -26,9 +26,22 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def make_optimizer(lr: float, warmup: int, steps: int, weight_decay: float, max_grad_norm: float = 1.0):
-    schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1), max(steps, warmup + 1), lr * 0.1)
+def lr_schedule(lr: float, warmup: int, steps: int, updates_per_step: int = 1):
+    """Linear warm-up over `warmup` training steps, then cosine decay to lr / 10 at `steps`. optax counts optimizer
+    updates, and a GRPO step takes several (`grpo_updates_per_step`), so both lengths are scaled by it."""
+    n = updates_per_step
+    return optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1) * n, max(steps, warmup + 1) * n, lr * 0.1)
+
+
+def make_optimizer(lr: float, warmup: int, steps: int, weight_decay: float, max_grad_norm: float = 1.0,
+                   updates_per_step: int = 1):
+    schedule = lr_schedule(lr, warmup, steps, updates_per_step)
     return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adamw(schedule, weight_decay=weight_decay))
+
+
+def grpo_updates_per_step(g) -> int:
+    """Optimizer updates in one GRPO step (g: the `grpo` config): mu epochs of episodes / minibatch_size each."""
+    return g.mu * (g.n_scenarios * g.group_size // g.minibatch_size)
 
 
 def next_tokens(x):

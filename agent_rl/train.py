@@ -88,7 +88,12 @@ def _train(cfg, s: setup_lib.Setup, mesh, workdir: pathlib.Path, t_start: float,
 
     sft_steps, grpo_steps = cfg.sft.steps, cfg.grpo.steps
     sft_tx = steps.make_optimizer(cfg.sft.lr, cfg.sft.warmup, sft_steps, cfg.sft.weight_decay)
-    grpo_tx = steps.make_optimizer(cfg.grpo.lr, cfg.grpo.warmup, grpo_steps, 0.0, cfg.grpo.max_grad_norm)
+    # The GRPO schedule is sized in GRPO steps, each of several optimizer updates (minibatches x epochs).
+    grpo_updates = steps.grpo_updates_per_step(cfg.grpo)
+    grpo_tx = steps.make_optimizer(cfg.grpo.lr, cfg.grpo.warmup, grpo_steps, 0.0, cfg.grpo.max_grad_norm,
+                                   updates_per_step=grpo_updates)
+    sft_lr = steps.lr_schedule(cfg.sft.lr, cfg.sft.warmup, sft_steps)
+    grpo_lr = steps.lr_schedule(cfg.grpo.lr, cfg.grpo.warmup, grpo_steps, grpo_updates)
     primary = distributed.is_primary()
     logger = MetricsLogger(workdir) if primary else NullLogger()
 
@@ -130,6 +135,7 @@ def _train(cfg, s: setup_lib.Setup, mesh, workdir: pathlib.Path, t_start: float,
         params, opt_state, m = steps.sft_step(graphdef, params, opt_state, demo.tokens, demo.valid,
                                               demo.policy_mask, frozen, jax.random.fold_in(dropout_key, step),
                                               tx=sft_tx, microbatch=cfg.sft.microbatch)
+        m["sft/lr"] = float(sft_lr(step))
         step += 1
         m = steps.finite(m, step)
         if step == sft_steps:  # the base (after SFT) on heldout (and iid), kept in the checkpoint metadata
@@ -152,6 +158,7 @@ def _train(cfg, s: setup_lib.Setup, mesh, workdir: pathlib.Path, t_start: float,
     while step < sft_steps + grpo_steps:
         params, opt_state, m = grpo_step(cfg, s, graphdef, params, opt_state, ref_params, frozen, grpo_tx, hp,
                                          jax.random.fold_in(key, step), step, mesh)
+        m["grpo/lr"] = float(grpo_lr((step - sft_steps) * grpo_updates))  # at the step's first update
         step += 1
         last = step == sft_steps + grpo_steps
         if last or (cfg.eval.every and (step - sft_steps) % cfg.eval.every == 0):

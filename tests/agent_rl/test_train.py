@@ -59,8 +59,11 @@ def test_end_to_end_outputs(finished):
                 "eval_iid/malicious_refusal", "grpo/tied_groups", "grpo/tied_groups/malicious"):
         assert key in grpo_rec, key
     assert 0.0 <= grpo_rec["grpo/tied_groups"] <= 1.0
-    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [4, 6]
+    # micro: GRPO warm-up 1 step and 2 steps of 2 updates each; the second step starts at the peak rate
     saved = json.loads((workdir / "config.json").read_text())
+    assert [r["grpo/lr"] for r in recs[4:]] == [0.0, pytest.approx(saved["grpo"]["lr"], rel=1e-6)]
+    assert [r["sft/lr"] for r in recs[:2]] == [0.0, pytest.approx(saved["sft"]["lr"], rel=1e-6)]
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [4, 6]
     assert saved["grpo"]["steps"] == 2
     # compilations of a second or more were kept for the later runs of this module (SFT, rollout, GRPO update)
     kept = [p.name for p in (pathlib.Path(saved["compile_cache_dir"])).iterdir()]
