@@ -58,6 +58,8 @@ def get_config() -> config_dict.ConfigDict:
 
     # share_prompt: the update runs each group's prompt once per microbatch, not once per sample (the same loss;
     # minibatches are whole groups); False: minibatches of rows drawn across groups, every row run in full.
+    # warmup and steps are GRPO steps: the learning rate warms up over `warmup` steps, then decays by a cosine to
+    # lr / 10 at the last, each step taking mu x episodes / minibatch_size optimizer updates (4 here).
     c.grpo = dict(steps=50, n_scenarios=16, group_size=8, temperature=1.0, lr=1e-3, warmup=2,
                   mu=1, minibatch_size=32, microbatch=8, eps_low=0.2, eps_high=0.28, beta=0.0, kl_estimator="k3",
                   adv_mode="std", adv_eps=1e-6, aggregation="token_mean", constant_norm=0.0, max_grad_norm=1.0,
