@@ -14,7 +14,8 @@ The default fine-tunes all 135M weights: a LoRA warm start (`:lora`, rank 16 on 
 parameters, 32 steps at lr 5e-4 or 1e-3) learned the protocol but called one tool for almost every heldout request of a
 domain and completed no benign tool task; full fine-tuning at lr 1e-4 completes a third of them (docs/experiments.md).
 A full checkpoint is ~1.6 GB (weights and Adam's moments); a LoRA one ~20 MB. It does not reach the safety targets:
-heldout malicious refusal 0.652 with over-refusal 0.348, and no sensitive user verified (README.md).
+heldout malicious refusal 0.652 with over-refusal 0.348, and no sensitive user verified (README.md; measured before
+the GRPO schedule was sized in steps).
 """
 from configs import tiny
 
