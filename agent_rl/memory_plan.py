@@ -180,7 +180,8 @@ def _timed_compile(lower) -> tuple[Any, float]:
 def compile_update(cfg, graphdef, params, frozen, mesh, warnings: list[str]):
   """The compiled GRPO update on the rollout batch; returns (compiled, optimizer state, rows description)."""
   g = cfg.grpo
-  tx = steps.make_optimizer(g.lr, g.warmup, g.steps, 0.0, g.max_grad_norm)
+  schedule = steps.lr_schedule(g.lr, g.warmup, g.steps, steps.grpo_updates_per_step(g))
+  tx = steps.make_optimizer(schedule, 0.0, g.max_grad_norm)
   opt_state = abstract_optimizer(tx, params, mesh)
   n, s = g.n_scenarios * g.group_size, cfg.shapes.prompt + cfg.env.max_tokens
   row = lambda dtype: _batched(mesh, (n, s), dtype, warnings, "GRPO batch")  # noqa: E731
@@ -188,8 +189,8 @@ def compile_update(cfg, graphdef, params, frozen, mesh, warnings: list[str]):
   adv = _batched(mesh, (n,), jnp.float32, warnings, "GRPO batch")
   key = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=NamedSharding(mesh, PartitionSpec()))
   if g.microbatch % sharding.batch_shards(mesh):
-    warnings.append(f"grpo.microbatch={g.microbatch} does not split {sharding.batch_shards(mesh)} ways: every device computes "
-                    "every row of a microbatch")
+    warnings.append(f"grpo.microbatch={g.microbatch} does not split {sharding.batch_shards(mesh)} ways: every device "
+                    "computes every row of a microbatch")
   hp = steps.GrpoHP.from_config(g)
   with jax.set_mesh(mesh):
     compiled, seconds = _timed_compile(lambda: steps.grpo_update.lower(

@@ -33,9 +33,8 @@ def lr_schedule(lr: float, warmup: int, steps: int, updates_per_step: int = 1):
     return optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1) * n, max(steps, warmup + 1) * n, lr * 0.1)
 
 
-def make_optimizer(lr: float, warmup: int, steps: int, weight_decay: float, max_grad_norm: float = 1.0,
-                   updates_per_step: int = 1):
-    schedule = lr_schedule(lr, warmup, steps, updates_per_step)
+def make_optimizer(schedule, weight_decay: float, max_grad_norm: float = 1.0):
+    """AdamW after global-norm clipping; `schedule` is a learning rate or an optax schedule (`lr_schedule`)."""
     return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adamw(schedule, weight_decay=weight_decay))
 
 

@@ -87,13 +87,12 @@ def _train(cfg, s: setup_lib.Setup, mesh, workdir: pathlib.Path, t_start: float,
     evaluate = lambda p, log=None: evaluation.evaluate_splits(graphdef, full(p), s, cfg, eval_key, mesh, log)  # noqa
 
     sft_steps, grpo_steps = cfg.sft.steps, cfg.grpo.steps
-    sft_tx = steps.make_optimizer(cfg.sft.lr, cfg.sft.warmup, sft_steps, cfg.sft.weight_decay)
     # The GRPO schedule is sized in GRPO steps, each of several optimizer updates (minibatches x epochs).
     grpo_updates = steps.grpo_updates_per_step(cfg.grpo)
-    grpo_tx = steps.make_optimizer(cfg.grpo.lr, cfg.grpo.warmup, grpo_steps, 0.0, cfg.grpo.max_grad_norm,
-                                   updates_per_step=grpo_updates)
     sft_lr = steps.lr_schedule(cfg.sft.lr, cfg.sft.warmup, sft_steps)
     grpo_lr = steps.lr_schedule(cfg.grpo.lr, cfg.grpo.warmup, grpo_steps, grpo_updates)
+    sft_tx = steps.make_optimizer(sft_lr, cfg.sft.weight_decay)
+    grpo_tx = steps.make_optimizer(grpo_lr, 0.0, cfg.grpo.max_grad_norm)
     primary = distributed.is_primary()
     logger = MetricsLogger(workdir) if primary else NullLogger()
 

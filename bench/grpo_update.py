@@ -58,7 +58,7 @@ def main(_):
     graphdef, params, frozen = lora.split(model)
     del model
     hp = steps.GrpoHP.from_config(cfg.grpo)
-    tx = steps.make_optimizer(cfg.grpo.lr, 1, 10, 0.0)
+    tx = steps.make_optimizer(cfg.grpo.lr, 0.0)  # a constant rate: the schedule does not change the timing
     opt_state = jax.jit(tx.init)(params)
     real = int(full.valid.sum())
     print(f"model {s.model_cfg.n_params / 1e6:.2f}M params ({cfg.model.hf_dir or 'random, ' + cfg.model.preset}); "

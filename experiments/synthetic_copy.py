@@ -47,7 +47,7 @@ def curve(cfg, gap: str, steps: int, batch: int, width: int, pool: int, lr: floa
         raise ValueError(f"--pool={pool} must be in [1, config.tokenizer.vocab_size={vocab}]")
     model = setup.build_model(cfg, setup.build_model_config(cfg, vocab))
     graphdef, params = nnx.split(model, nnx.Param)
-    tx = steps_lib.make_optimizer(lr, int(cfg.sft.warmup), steps, 0.0)
+    tx = steps_lib.make_optimizer(steps_lib.lr_schedule(lr, int(cfg.sft.warmup), steps), 0.0)
     opt_state = tx.init(params)
     rng = np.random.default_rng(int(cfg.seed))
     out, block, t0 = [], [], time.time()

@@ -23,8 +23,8 @@ def test_lr_schedule_values_in_training_steps():
 
 def test_optimizer_updates_follow_the_schedule():
     # With a constant gradient Adam's bias-corrected step is lr * g / (|g| + eps): -lr for g = 1.
-    tx = steps.make_optimizer(1e-2, warmup=1, steps=3, weight_decay=0.0, updates_per_step=2)
     lr = steps.lr_schedule(1e-2, warmup=1, steps=3, updates_per_step=2)
+    tx = steps.make_optimizer(lr, weight_decay=0.0)
     params = {"w": jnp.zeros(3)}
     state = tx.init(params)
     update = jax.jit(tx.update)
