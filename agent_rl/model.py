@@ -652,6 +652,33 @@ def _causal_mask(valid: jax.Array) -> jax.Array:
   return jnp.tril(jnp.ones((t, t), bool))[None] & valid[:, None, :]
 
 
+def forward_packed(model: Transformer, tokens: jax.Array, segments: jax.Array, dropout_key: jax.Array | None = None,
+                   causal_block: int = CAUSAL_BLOCK) -> jax.Array:
+  """`forward` for rows that hold several sequences end to end (`packing.pack`). tokens int32[B, T], segments
+  int32[B, T] (0 on padding, k on the row's k-th sequence) -> float32[B, T, vocab].
+
+  A token sees only the earlier tokens of its own sequence and its position counts from that sequence's start, so
+  each sequence's logits are those `forward` gives it alone in a row (up to float reduction order); so do rows of
+  one sequence each with segments = valid (as int32).
+  """
+  return model(tokens, positions_from_segments(segments), _segment_mask(segments), dropout_key=dropout_key,
+               causal_block=causal_block)[0]
+
+
+def positions_from_segments(segments: jax.Array) -> jax.Array:
+  """int32[B, T]: each token's index within its run of equal segment ids (segments int[B, T])."""
+  t = jnp.arange(segments.shape[1], dtype=jnp.int32)
+  starts = segments != jnp.pad(segments[:, :-1], ((0, 0), (1, 0)), constant_values=-1)
+  return t - jax.lax.cummax(jnp.where(starts, t, 0), axis=1)
+
+
+def _segment_mask(segments: jax.Array) -> jax.Array:
+  """bool[B, T, T]: query t sees slot s iff s <= t and both hold the same sequence (segment id > 0)."""
+  t = segments.shape[1]
+  same = (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] > 0)
+  return jnp.tril(jnp.ones((t, t), bool))[None] & same
+
+
 def forward_shared(model: Transformer, prefix: jax.Array, prefix_valid: jax.Array, tokens: jax.Array,
                    valid: jax.Array, causal_block: int = CAUSAL_BLOCK) -> jax.Array:
   """`forward` for rows that share a prompt, the prompt run once: logits of the rows' own tokens only.

@@ -17,12 +17,12 @@ from typing import Any, Mapping
 
 # Prefixes of dotted keys that may differ when a run resumes: none changes what the checkpoints hold or mean.
 SAFE_ON_RESUME = ("workdir", "grpo.steps", "eval.", "checkpoint.", "mesh.", "tokenizer.cache_dir", "compile_cache_dir",
-                  "model.gguf", "model.remat", "sft.init_from")
+                  "model.gguf", "model.remat", "sft.init_from", "sft.pack")
 # Prefixes of keys a run may set differently from the run whose SFT base it starts from (`sft.init_from`): none
 # changes the base or how it is evaluated (reward.channels only narrows the scenarios GRPO samples).
 FREE_OF_BASE = ("workdir", "reward.kind", "reward.channels", "reward.weights.", "reward.refusal_check", "grpo.",
                 "eval.every", "eval.batch_size", "checkpoint.", "mesh.", "tokenizer.cache_dir", "compile_cache_dir",
-                "model.gguf", "model.remat", "sft.init_from")
+                "model.gguf", "model.remat", "sft.init_from", "sft.pack")
 
 DTYPES = ("float32", "bfloat16", "float16")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")

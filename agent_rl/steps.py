@@ -93,20 +93,23 @@ def accumulated_grad(loss_fn, params, batch, microbatch: int):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "tx", "microbatch"), donate_argnums=(1, 2))
-def sft_step(graphdef, params, opt_state, tokens, valid, mask, frozen=None, key=None, *, tx, microbatch: int):
+def sft_step(graphdef, params, opt_state, tokens, segments, mask, frozen=None, key=None, *, tx, microbatch: int):
     """One cross-entropy step on demonstration tokens [B, S], the loss on `mask` (the scripted policy's tokens).
-    params: the trainable state; frozen: the rest (LoRA's base weights), never differentiated. key: LoRA dropout."""
+    segments int32[B, S]: packed rows (`packing.pack`; 0 on padding, k on a row's k-th demonstration), or a bool
+    valid [B, S] for one demonstration per row. params: the trainable state; frozen: the rest (LoRA's base weights),
+    never differentiated. key: LoRA dropout."""
     frozen = nnx.State({}) if frozen is None else frozen
     keys = None if key is None else jax.random.split(key, tokens.shape[0])  # one per row: a microbatch uses its first
+    segments = segments.astype(jnp.int32)
 
     def loss_fn(params, mb):
-        tokens, valid, mask, keys = mb
+        tokens, segments, mask, keys = mb
         model = nnx.merge(graphdef, params, frozen)
-        logits = model_lib.forward(model, tokens, valid, None if keys is None else keys[0])
+        logits = model_lib.forward_packed(model, tokens, segments, None if keys is None else keys[0])
         loss_sum, denom = grpo.sft_loss(logits, next_tokens(tokens), next_tokens(mask))
         return loss_sum, (denom, {})
 
-    loss, grads, _ = accumulated_grad(loss_fn, params, (tokens, valid, mask, keys), microbatch)
+    loss, grads, _ = accumulated_grad(loss_fn, params, (tokens, segments, mask, keys), microbatch)
     updates, opt_state = tx.update(grads, opt_state, params)
     return (optax.apply_updates(params, updates), opt_state,
             {"sft/loss": loss, "sft/grad_norm": optax.tree.norm(grads)})

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import pathlib
 import time
 
@@ -27,6 +28,7 @@ from agent_rl import distributed
 from agent_rl import evaluation
 from agent_rl import grpo
 from agent_rl import lora
+from agent_rl import packing
 from agent_rl import rollout
 from agent_rl import run_config
 from agent_rl import setup as setup_lib
@@ -130,9 +132,12 @@ def _train(cfg, s: setup_lib.Setup, mesh, workdir: pathlib.Path, t_start: float,
     dropout_key = jax.random.key(cfg.seed + 3)  # LoRA dropout in SFT (if any)
     while step < sft_steps:
         idx = setup_lib.batch_indices(cfg.data.seed, step, demos.tokens.shape[0], cfg.sft.batch_size)
-        demo = sharding.shard_batch(rollout.trim(jax.tree.map(lambda x: x[idx], demos)), mesh)
-        params, opt_state, m = steps.sft_step(graphdef, params, opt_state, demo.tokens, demo.valid,
-                                              demo.policy_mask, frozen, jax.random.fold_in(dropout_key, step),
+        demo = rollout.trim(jax.tree.map(lambda x: x[idx], demos))
+        batch = (demo.tokens, demo.valid, demo.policy_mask)
+        if cfg.sft.pack:  # several demonstrations per row, never wider than the longest: fewer padding slots
+            batch = packing.pack(*batch, row_multiple=math.lcm(cfg.sft.microbatch, sharding.batch_shards(mesh)))
+        params, opt_state, m = steps.sft_step(graphdef, params, opt_state, *sharding.shard_batch(tuple(batch), mesh),
+                                              frozen, jax.random.fold_in(dropout_key, step),
                                               tx=sft_tx, microbatch=cfg.sft.microbatch)
         m["sft/lr"] = float(sft_lr(step))
         step += 1

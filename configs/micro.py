@@ -11,7 +11,7 @@ def get_config():
     c.tokenizer.vocab_size = 512
     c.model.update(d_model=32, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=16, mlp_dim=64)
     c.env.update(max_turn_tokens=48, max_tokens=96)
-    c.sft.update(steps=4, batch_size=8, microbatch=4, warmup=1)
+    c.sft.update(steps=4, batch_size=8, microbatch=4, warmup=1, pack=True)  # packing on in the end-to-end tests
     c.grpo.update(steps=2, n_scenarios=2, group_size=4, minibatch_size=4, microbatch=2, warmup=1)
     c.eval.update(batch_size=22, every=0)
     c.checkpoint.update(every=2, keep=2)
