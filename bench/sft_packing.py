@@ -25,6 +25,7 @@ config_flags.DEFINE_config_file("config", "configs/tiny.py", "the run whose demo
 flags.DEFINE_integer("steps", 16, "SFT batches timed (the run's first ones)")
 flags.DEFINE_integer("packed_microbatch", 0, "rows per microbatch of the packed side (0: the config's "
                      "sft.microbatch); packed rows come in multiples of it")
+flags.DEFINE_integer("max_width", 0, "widest packed row (0: the batch's longest demonstration, rounded up)")
 flags.DEFINE_integer("repeats", 2, "timed passes over the batches per side (the best is reported)")
 FLAGS = flags.FLAGS
 
@@ -46,7 +47,7 @@ def main(_):
     idx = setup_lib.batch_indices(cfg.data.seed, step, demos.tokens.shape[0], cfg.sft.batch_size)
     d = rollout.trim(jax.tree.map(lambda x: x[idx], demos))
     plain.append(tuple(map(jnp.asarray, (d.tokens, d.valid, d.policy_mask))))
-    p = packing.pack(d.tokens, d.valid, d.policy_mask, row_multiple=pmb)
+    p = packing.pack(d.tokens, d.valid, d.policy_mask, row_multiple=pmb, max_width=FLAGS.max_width or None)
     packed.append(tuple(map(jnp.asarray, p)))
   slots = lambda batches: sum(b[0].size for b in batches)  # noqa: E731
   real = sum(int(b[1].sum()) for b in plain)

@@ -54,7 +54,8 @@ def get_config() -> config_dict.ConfigDict:
     # SFT checkpoint this run starts GRPO from instead of training its own: GRPO and reward ablations share one base.
     # 550 steps: the time the block-skipping causal attention saved (was 400; 600 took 901 s from a fresh clone).
     # pack: lay several demonstrations end to end in a row (`agent_rl.packing`), rows no wider than the batch's
-    # longest demonstration, a multiple of microbatch of them: the same loss over fewer padding slots.
+    # longest demonstration, a multiple of microbatch of them: the same loss over fewer padding slots. Off: on this
+    # CPU it saved 0.1 s a step at microbatch 4 and compiles more shapes (docs/experiments.md).
     c.sft = dict(steps=550, batch_size=16, microbatch=8, lr=5e-3, warmup=10, weight_decay=0.0,
                  mixture=dict(always_execute=0.85, oracle=0.15, always_refuse=0.0, always_check=0.0), init_from="",
                  pack=False)
