@@ -65,7 +65,7 @@ def pack(tokens: np.ndarray, valid: np.ndarray, mask: np.ndarray, row_multiple: 
     best = None
     for r in range(row_multiple, _round_up(b, row_multiple) + 1, row_multiple):
         rows = layout(lengths, r)
-        w = width(max((int(lengths[i].sum()) for i in map(np.asarray, rows) if len(i)), default=0))
+        w = width(max(int(lengths[row].sum()) for row in rows))
         if (w <= max_width or r >= b) and (best is None or r * w <= best[0] * best[1]):
             best = (r, w, rows)
     r, w, rows = best

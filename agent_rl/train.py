@@ -136,7 +136,7 @@ def _train(cfg, s: setup_lib.Setup, mesh, workdir: pathlib.Path, t_start: float,
         batch = (demo.tokens, demo.valid, demo.policy_mask)
         if cfg.sft.pack:  # several demonstrations per row, never wider than the longest: fewer padding slots
             batch = packing.pack(*batch, row_multiple=math.lcm(cfg.sft.microbatch, sharding.batch_shards(mesh)))
-        params, opt_state, m = steps.sft_step(graphdef, params, opt_state, *sharding.shard_batch(tuple(batch), mesh),
+        params, opt_state, m = steps.sft_step(graphdef, params, opt_state, *sharding.shard_batch(batch, mesh),
                                               frozen, jax.random.fold_in(dropout_key, step),
                                               tx=sft_tx, microbatch=cfg.sft.microbatch)
         m["sft/lr"] = float(sft_lr(step))
