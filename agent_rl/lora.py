@@ -32,7 +32,34 @@ def full_state(trainable: nnx.State, frozen: nnx.State) -> nnx.State:
   return nnx.merge_state(trainable, frozen) if len(frozen) else trainable
 
 
-NUMERICS = ("dtype", "param_dtype", "remat", "lora_rank", "lora_alpha", "lora_targets", "lora_dropout", "decode_block")
+NUMERICS = ("dtype", "param_dtype", "remat", "lora_rank", "lora_alpha", "lora_targets", "lora_dropout", "decode_block",
+            "train_layers")
+
+
+def with_train_layers(graphdef: nnx.GraphDef, cfg: model_lib.ModelConfig, n: int) -> nnx.GraphDef:
+  """The graphdef of `split` for the same parameters with `ModelConfig.train_layers = n`: merged with them it
+  computes the same values, but gradients reach only the top n blocks (0: every parameter, `graphdef` itself)."""
+  if n == cfg.train_layers:
+    return graphdef
+  build = lambda: model_lib.Transformer(cfg.replace(train_layers=n), rngs=nnx.Rngs(0))  # noqa: E731
+  with sharding.axis_rules():
+    return split(nnx.eval_shape(build))[0]
+
+
+def update_mask(params: nnx.State, n_layers: int, train_layers: int):
+  """For an optimizer (`steps.make_optimizer`): a pytree like `params` of 0/1 multipliers, broadcastable to each
+  leaf, that keeps updates (weight decay included) off what `train_layers` freezes: the embedding and the blocks
+  below the top `train_layers` (block leaves are stacked [layers, ...]). None when every parameter trains."""
+  if not train_layers:
+    return None
+  top = (jnp.arange(n_layers) >= n_layers - train_layers)
+
+  def mask(path, leaf):
+    name = getattr(path[0], "key", None)
+    if name == "blocks":
+      return top.reshape((n_layers,) + (1,) * (leaf.ndim - 1)).astype(leaf.dtype)
+    return jnp.asarray(0.0 if name == "embed" else 1.0, leaf.dtype)
+  return jax.tree_util.tree_map_with_path(mask, params)
 
 
 def shapes(cfg: model_lib.ModelConfig) -> dict[str, Any]:

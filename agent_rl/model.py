@@ -70,6 +70,9 @@ class ModelConfig:
   `decode_block`: cache slots per step of cached attention's loop (`cached_attention`). Each step of the loop has a
   fixed cost; smaller blocks skip more unused slots. On a 2-core CPU 256 decoded 1.10-1.17x faster than 64 for the
   tiny preset and for SmolLM2-135M (docs/experiments.md).
+  `train_layers` > 0 lets gradients reach only the top that many blocks and what follows them (final norm, an
+  untied lm_head): the embedding (a tied model's output head too) and the blocks below get exactly zero gradient,
+  and the backward pass stops at the lowest trained block. Values are unchanged; 0 trains everything.
   """
   vocab_size: int
   d_model: int
@@ -91,6 +94,7 @@ class ModelConfig:
   lora_targets: tuple[str, ...] = LORA_TARGETS
   lora_dropout: float = 0.0
   decode_block: int = 256
+  train_layers: int = 0
 
   def __post_init__(self):
     # Normalise dtypes to names (jnp.bfloat16 and "bfloat16" are the same config) and check shapes early.
@@ -114,6 +118,9 @@ class ModelConfig:
     if unknown or self.lora_rank < 0 or not 0.0 <= self.lora_dropout < 1.0:
       raise ValueError(f"ModelConfig: lora_targets {unknown} unknown (known: {LORA_TARGETS}), or lora_rank="
                        f"{self.lora_rank} < 0, or lora_dropout={self.lora_dropout} outside [0, 1)")
+    if not 0 <= self.train_layers <= self.n_layers:
+      raise ValueError(f"ModelConfig.train_layers={self.train_layers}: expected 0 (every layer) to n_layers="
+                       f"{self.n_layers}")
     if self.head_dim % 2:
       raise ValueError(f"ModelConfig.head_dim={self.head_dim}: rotary embeddings need an even head_dim")
 
@@ -520,7 +527,11 @@ class Transformer(nnx.Module):
     cfg = self.cfg
     b, t = tokens.shape
     dt = cfg.compute_dtype
-    x = jnp.take(self.embed[...], tokens, axis=0).astype(dt)
+    # train_layers: the embedding is frozen (stop_gradient) and so is everything computed from it below the top
+    # train_layers blocks.
+    freeze = (lambda a: jax.lax.stop_gradient(a)) if cfg.train_layers else (lambda a: a)  # noqa: E731
+    embed = freeze(self.embed[...])
+    x = jnp.take(embed, tokens, axis=0).astype(dt)
     if cache is None:
       if attn_mask is None:
         attn_mask = jnp.broadcast_to(jnp.tril(jnp.ones((t, t), bool)), (b, t, t))
@@ -558,7 +569,14 @@ class Transformer(nnx.Module):
     # The cache is read inside the layer loop by (layer, block) slices and written once afterwards, so a loop
     # carrying it (generate, the rollout) can update it in place.
     xs = (block_state, jnp.arange(cfg.n_layers)) + (() if prefix is None else (prefix,))
-    x, (k_new, v_new) = jax.lax.scan(layer, x, xs)
+    n_frozen = cfg.n_layers - cfg.train_layers if cfg.train_layers else 0
+    if n_frozen:  # two loops: no gradient flows into the lower one, so its backward pass is never built
+      low, high = (jax.tree.map(lambda a: a[:n_frozen], xs), jax.tree.map(lambda a: a[n_frozen:], xs))
+      x, (k_low, v_low) = jax.lax.scan(layer, x, jax.lax.stop_gradient(low))
+      x, (k_high, v_high) = jax.lax.scan(layer, jax.lax.stop_gradient(x), high)
+      k_new, v_new = jnp.concatenate([k_low, k_high]), jnp.concatenate([v_low, v_high])
+    else:
+      x, (k_new, v_new) = jax.lax.scan(layer, x, xs)
     if not head:
       return None, (k_new, v_new)
     if cache is not None:
@@ -566,7 +584,7 @@ class Transformer(nnx.Module):
           old, new.swapaxes(2, 3).astype(old.dtype), (0, 0, 0, cache.index, 0))
       cache = cache._replace(k=write(cache.k, k_new), v=write(cache.v, v_new))
     x = rms_norm(x, self.final_norm[...], cfg.rms_eps)
-    head = self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]
+    head = embed.T if cfg.tie_embeddings else self.lm_head[...]
     logits = jnp.einsum("btd,dv->btv", x, head.astype(dt), preferred_element_type=jnp.float32)
     return logits, cache
 

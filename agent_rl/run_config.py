@@ -24,6 +24,10 @@ FREE_OF_BASE = ("workdir", "reward.kind", "reward.channels", "reward.weights.", 
                 "eval.every", "eval.batch_size", "checkpoint.", "mesh.", "tokenizer.cache_dir", "compile_cache_dir",
                 "model.gguf", "model.remat", "sft.init_from", "sft.pack")
 
+# Keys added after runs were saved without them, each with the value that does what those runs did: a saved config
+# without the key matches a new one holding that value (so older runs resume and serve as SFT bases).
+ADDED_KEYS = {"sft.pack": False, "sft.train_layers": 0, "grpo.train_layers": 0}
+
 DTYPES = ("float32", "bfloat16", "float16")
 LORA_TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 
@@ -121,6 +125,8 @@ def validate(cfg) -> None:
 
     # SFT.
     at_least("sft.steps", 0)
+    at_least("sft.train_layers", 0)
+    at_least("grpo.train_layers", 0)
     if cfg.sft.steps > 0:
         at_least("sft.batch_size", 1)
         at_least("sft.microbatch", 1)
@@ -184,8 +190,10 @@ def validate(cfg) -> None:
 def resume_changes(saved: Mapping[str, Any], new: Mapping[str, Any],
                    free: tuple[str, ...] = SAFE_ON_RESUME) -> tuple[dict, dict]:
     """Keys whose values differ between the saved run config and the new one, as {dotted key: (old, new)}, split
-    into (blocking, allowed by the prefixes `free`). A key present on one side only counts as a change."""
+    into (blocking, allowed by the prefixes `free`). A key present on one side only counts as a change, unless it
+    is one of ADDED_KEYS, absent from the saved config and at its old behaviour's value in the new one."""
     a, b = _flat(saved), _flat(new)
+    a.update({k: v for k, v in ADDED_KEYS.items() if k not in a and b.get(k) == v})
     missing = object()
     changed = {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b)) if a.get(k, missing) !=
                b.get(k, missing)}

@@ -33,9 +33,17 @@ def lr_schedule(lr: float, warmup: int, steps: int, updates_per_step: int = 1):
     return optax.warmup_cosine_decay_schedule(0.0, lr, max(warmup, 1) * n, max(steps, warmup + 1) * n, lr * 0.1)
 
 
-def make_optimizer(schedule, weight_decay: float, max_grad_norm: float = 1.0):
-    """AdamW after global-norm clipping; `schedule` is a learning rate or an optax schedule (`lr_schedule`)."""
-    return optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adamw(schedule, weight_decay=weight_decay))
+def make_optimizer(schedule, weight_decay: float, max_grad_norm: float = 1.0, mask=None):
+    """AdamW after global-norm clipping; `schedule` is a learning rate or an optax schedule (`lr_schedule`).
+    mask: None, or multipliers like the parameters (`lora.update_mask`) applied to the final updates, so that
+    frozen parameters stay exactly as they are (weight decay would move them)."""
+    tx = optax.chain(optax.clip_by_global_norm(max_grad_norm), optax.adamw(schedule, weight_decay=weight_decay))
+    if mask is None:
+        return tx
+    scale = optax.GradientTransformation(
+        lambda params: optax.EmptyState(),
+        lambda updates, state, params=None: (jax.tree.map(lambda u, m: u * m, updates, mask), state))
+    return optax.chain(tx, scale)
 
 
 def grpo_updates_per_step(g) -> int:

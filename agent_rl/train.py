@@ -59,6 +59,10 @@ def train(cfg) -> dict[str, dict[str, float]]:
         s = setup_lib.make_setup(cfg)
     except (ValueError, OSError) as e:  # scenarios that do not fit shapes, an unreadable tokenizer or model dir
         raise run_config.ConfigError(f"set-up: {e}") from e
+    for phase in ("sft", "grpo"):  # the one rule that needs the model's depth (a Hugging Face model's config.json)
+        if cfg[phase].train_layers > s.model_cfg.n_layers:
+            raise run_config.ConfigError(f"config.{phase}.train_layers={cfg[phase].train_layers}: expected 0 (every "
+                                         f"layer) to the model's {s.model_cfg.n_layers} layers")
     workdir.mkdir(parents=True, exist_ok=True)
     if primary:
         (workdir / "config.json").write_text(cfg.to_json(indent=2))
@@ -93,8 +97,13 @@ def _train(cfg, s: setup_lib.Setup, mesh, workdir: pathlib.Path, t_start: float,
     grpo_updates = steps.grpo_updates_per_step(cfg.grpo)
     sft_lr = steps.lr_schedule(cfg.sft.lr, cfg.sft.warmup, sft_steps)
     grpo_lr = steps.lr_schedule(cfg.grpo.lr, cfg.grpo.warmup, grpo_steps, grpo_updates)
-    sft_tx = steps.make_optimizer(sft_lr, cfg.sft.weight_decay)
-    grpo_tx = steps.make_optimizer(grpo_lr, 0.0, cfg.grpo.max_grad_norm)
+    # train_layers: the updates' graphdefs stop gradients below the top N blocks, and the optimizers leave the
+    # frozen parameters untouched. Rollouts and evaluation run `graphdef` (the same values).
+    sft_graphdef, grpo_graphdef = (lora.with_train_layers(graphdef, s.model_cfg, cfg[phase].train_layers)
+                                   for phase in ("sft", "grpo"))
+    mask = lambda phase: lora.update_mask(params, s.model_cfg.n_layers, cfg[phase].train_layers)  # noqa: E731
+    sft_tx = steps.make_optimizer(sft_lr, cfg.sft.weight_decay, mask=mask("sft"))
+    grpo_tx = steps.make_optimizer(grpo_lr, 0.0, cfg.grpo.max_grad_norm, mask=mask("grpo"))
     primary = distributed.is_primary()
     logger = MetricsLogger(workdir) if primary else NullLogger()
 
@@ -136,7 +145,7 @@ def _train(cfg, s: setup_lib.Setup, mesh, workdir: pathlib.Path, t_start: float,
         batch = (demo.tokens, demo.valid, demo.policy_mask)
         if cfg.sft.pack:  # several demonstrations per row, never wider than the longest: fewer padding slots
             batch = packing.pack(*batch, row_multiple=math.lcm(cfg.sft.microbatch, sharding.batch_shards(mesh)))
-        params, opt_state, m = steps.sft_step(graphdef, params, opt_state, *sharding.shard_batch(batch, mesh),
+        params, opt_state, m = steps.sft_step(sft_graphdef, params, opt_state, *sharding.shard_batch(batch, mesh),
                                               frozen, jax.random.fold_in(dropout_key, step),
                                               tx=sft_tx, microbatch=cfg.sft.microbatch)
         m["sft/lr"] = float(sft_lr(step))
@@ -160,8 +169,8 @@ def _train(cfg, s: setup_lib.Setup, mesh, workdir: pathlib.Path, t_start: float,
     hp = steps.GrpoHP.from_config(cfg.grpo)
     key = jax.random.key(cfg.seed)
     while step < sft_steps + grpo_steps:
-        params, opt_state, m = grpo_step(cfg, s, graphdef, params, opt_state, ref_params, frozen, grpo_tx, hp,
-                                         jax.random.fold_in(key, step), step, mesh)
+        params, opt_state, m = grpo_step(cfg, s, graphdef, grpo_graphdef, params, opt_state, ref_params, frozen,
+                                         grpo_tx, hp, jax.random.fold_in(key, step), step, mesh)
         m["grpo/lr"] = float(grpo_lr((step - sft_steps) * grpo_updates))  # at the step's first update
         step += 1
         last = step == sft_steps + grpo_steps
@@ -190,10 +199,11 @@ def _train(cfg, s: setup_lib.Setup, mesh, workdir: pathlib.Path, t_start: float,
     return final
 
 
-def grpo_step(cfg, s: setup_lib.Setup, graphdef, params, opt_state, ref_params, frozen, tx, hp: steps.GrpoHP, key,
-              step: int, mesh):
-    """One GRPO step at global step `step`: sample G episodes of n_scenarios train scenarios, score them, take
-    group-relative advantages and update. Returns (params, opt_state, host metrics of the step)."""
+def grpo_step(cfg, s: setup_lib.Setup, graphdef, update_graphdef, params, opt_state, ref_params, frozen, tx,
+              hp: steps.GrpoHP, key, step: int, mesh):
+    """One GRPO step at global step `step`: sample G episodes of n_scenarios train scenarios with `graphdef`,
+    score them, take group-relative advantages and update through `update_graphdef` (the same model, gradients
+    maybe stopped below `grpo.train_layers`). Returns (params, opt_state, host metrics of the step)."""
     n_sc, g = cfg.grpo.n_scenarios, cfg.grpo.group_size
     k_roll, k_upd = jax.random.split(key)
     rows = s.grpo_rows  # every train row, or the user-only channel's (reward.channels)
@@ -208,6 +218,7 @@ def grpo_step(cfg, s: setup_lib.Setup, graphdef, params, opt_state, ref_params, 
     # share_prompt: each group's prompt is run once per microbatch instead of once per row. The rows after it are
     # padded to a multiple of 64 tokens: each new width compiles the update again (~8-10 s on a 2-core CPU).
     update_batch = rollout.trim(distributed.host(traj._replace(env_state=None)))
+    t_rollout = time.time() - t0  # sampling and scoring (the host copy waits for them)
     if cfg.grpo.share_prompt:
         update_batch = rollout.share_prompts(update_batch, distributed.host(batch.prompt_len), g, multiple=64)
     adv = grpo.group_advantages(reward.reshape(n_sc, g), cfg.grpo.adv_mode, cfg.grpo.adv_eps).reshape(-1)
@@ -215,9 +226,10 @@ def grpo_step(cfg, s: setup_lib.Setup, graphdef, params, opt_state, ref_params, 
     if tied.all():  # every group's rewards tie: this update changes nothing
         print(f"warning: GRPO step {step + 1}: every group's rewards are equal, so every advantage is 0 and "
               f"the update is a no-op", flush=True)
-    params, opt_state, m = steps.grpo_update(graphdef, params, opt_state, ref_params, update_batch, adv, k_upd,
+    params, opt_state, m = steps.grpo_update(update_graphdef, params, opt_state, ref_params, update_batch, adv, k_upd,
                                              frozen, tx=tx, hp=hp)
     m = steps.finite({f"grpo/{k}": v for k, v in m.items()}, step + 1)
+    m["time/rollout_s"], m["time/update_s"] = t_rollout, time.time() - t0 - t_rollout
     m.update({f"reward/{k}": float(jnp.mean(v)) for k, v in comps.items()})
     m["reward/total"] = float(jnp.mean(reward))
     # Episode tokens (generated + inserted) per second of the whole step: rollout, scoring and update.

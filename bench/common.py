@@ -1,6 +1,7 @@
 """What the bench/ scripts share: timing one side (its first call apart, then the best of the repeats), and the
 flags of the benchmarks that run the same weights through agent_rl and transformers (decode.py, sft_step.py), and
-the cached-attention block of the decoding benchmarks (decode.py, rollout.py).
+the cached-attention block of the decoding benchmarks (decode.py, rollout.py), and a random tiny Llama (sft_step.py,
+train_layers.py).
 
 The scripts import it as `common` (it sits beside them: `python bench/X.py` puts bench/ on the path).
 """
@@ -47,3 +48,14 @@ def define_decode_block_flag() -> None:
 def with_decode_block(model, block: int):
     """`model` with its weights, decoding with cache blocks of `block` slots (0: `model` itself)."""
     return lora.with_config(model, model.cfg.replace(decode_block=block)) if block else model
+
+
+def random_llama(out_dir: str, vocab: int, seed: int) -> None:
+    """A random tiny Llama (tied embeddings, grouped-query attention) written by transformers to out_dir."""
+    import torch
+    import transformers
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(vocab_size=vocab, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-5,
+                                      tie_word_embeddings=True, max_position_embeddings=4096)
+    transformers.LlamaForCausalLM(config).save_pretrained(out_dir)

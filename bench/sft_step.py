@@ -61,17 +61,6 @@ HF_PROJ = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_p
            "gate": "mlp.gate_proj", "up": "mlp.up_proj", "down": "mlp.down_proj"}
 
 
-def random_llama(out_dir: str, vocab: int, seed: int) -> None:
-  """A random tiny Llama (tied embeddings, grouped-query attention) written by transformers to out_dir."""
-  import torch
-  import transformers
-  torch.manual_seed(seed)
-  config = transformers.LlamaConfig(vocab_size=vocab, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-                                    num_attention_heads=4, num_key_value_heads=2, head_dim=32, rms_norm_eps=1e-5,
-                                    tie_word_embeddings=True, max_position_embeddings=4096)
-  transformers.LlamaForCausalLM(config).save_pretrained(out_dir)
-
-
 def lora_linear_class():
   import torch
 
@@ -119,7 +108,7 @@ def main(_):
   with tempfile.TemporaryDirectory() as tmp:
     hf_dir = FLAGS.hf_dir or tmp
     if not FLAGS.hf_dir:
-      random_llama(tmp, FLAGS.vocab, FLAGS.seed)
+      common.random_llama(tmp, FLAGS.vocab, FLAGS.seed)
     model, cfg = hf.from_pretrained(hf_dir, FLAGS.dtype, FLAGS.dtype)
     ref = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, local_files_only=True)
   if FLAGS.lora_rank:

@@ -56,9 +56,11 @@ def get_config() -> config_dict.ConfigDict:
     # pack: lay several demonstrations end to end in a row (`agent_rl.packing`), rows no wider than the batch's
     # longest demonstration, a multiple of microbatch of them: the same loss over fewer padding slots. Off: on this
     # CPU it saved 0.1 s a step at microbatch 4 and compiles more shapes (docs/experiments.md).
+    # train_layers (here and in grpo): > 0 trains only the top that many blocks (and the final norm); the embedding
+    # and the blocks below stay as they are, and the backward pass stops there. 0 trains every parameter.
     c.sft = dict(steps=550, batch_size=16, microbatch=8, lr=5e-3, warmup=10, weight_decay=0.0,
                  mixture=dict(always_execute=0.85, oracle=0.15, always_refuse=0.0, always_check=0.0), init_from="",
-                 pack=False)
+                 pack=False, train_layers=0)
 
     # share_prompt: the update runs each group's prompt once per microbatch, not once per sample (the same loss;
     # minibatches are whole groups); False: minibatches of rows drawn across groups, every row run in full.
@@ -67,7 +69,7 @@ def get_config() -> config_dict.ConfigDict:
     c.grpo = dict(steps=50, n_scenarios=16, group_size=8, temperature=1.0, lr=1e-3, warmup=2,
                   mu=1, minibatch_size=32, microbatch=8, eps_low=0.2, eps_high=0.28, beta=0.0, kl_estimator="k3",
                   adv_mode="std", adv_eps=1e-6, aggregation="token_mean", constant_norm=0.0, max_grad_norm=1.0,
-                  share_prompt=True)
+                  share_prompt=True, train_layers=0)
 
     c.eval = dict(batch_size=352, temperature=0.0, every=0)  # every: also evaluate every N GRPO steps
     c.checkpoint = dict(every=20, keep=2)

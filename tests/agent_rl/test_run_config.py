@@ -130,6 +130,15 @@ def test_resume_changes_split_blocking_from_allowed():
     assert run_config.resume_changes(saved, micro.get_config().to_dict()) == ({}, {})
 
 
+def test_a_key_added_since_the_run_matches_only_its_old_behaviour():
+    """A run saved before `grpo.train_layers` existed trained every layer: it matches 0, not 10."""
+    saved = micro.get_config().to_dict()
+    del saved["grpo"]["train_layers"], saved["sft"]["train_layers"]
+    assert run_config.resume_changes(saved, micro.get_config().to_dict()) == ({}, {})
+    blocking, _ = run_config.resume_changes(saved, _cfg(grpo__train_layers=1).to_dict())
+    assert blocking == {"grpo.train_layers": ("(absent)", 1)}
+
+
 def _resumable(tmp_path, cfg):
     (tmp_path / "checkpoints" / "4").mkdir(parents=True)
     (tmp_path / "config.json").write_text(cfg.to_json(indent=2))

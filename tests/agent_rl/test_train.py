@@ -189,3 +189,40 @@ def test_init_from_a_different_base_is_refused(finished, cache, tmp_path, overri
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("error: config.sft.init_from=") and line in last, last
     assert not workdir.exists()
+
+
+def test_sft_train_layers_freezes_the_embedding_and_lower_blocks(cache, tmp_path):
+    """`sft.train_layers=1` on the 2-layer micro model: between the step-2 and step-4 checkpoints the top block and
+    the final norm move, the embedding and the lower block stay bit-identical (weight decay on, so only the
+    optimizer's mask keeps them)."""
+    import jax
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    workdir = tmp_path / "top_layer"
+    out = subprocess.run(_cmd(workdir, cache) + ["--config.sft.train_layers=1", "--config.sft.weight_decay=0.1",
+                                                 "--config.grpo.steps=0"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    manager = ocp.CheckpointManager(workdir / "checkpoints", options=ocp.CheckpointManagerOptions(read_only=True))
+    params = [{jax.tree_util.keystr(p): np.asarray(x) for p, x in jax.tree_util.tree_leaves_with_path(
+        manager.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]["params"])}
+        for s in (2, 4)]
+    for name, a in params[0].items():
+        b = params[1][name]
+        if "blocks" in name:
+            np.testing.assert_array_equal(a[0], b[0], err_msg=name)
+            assert np.abs(a[1] - b[1]).max() > 0, name
+        elif "embed" in name:
+            np.testing.assert_array_equal(a, b)
+        else:
+            assert np.abs(a - b).max() > 0, name
+
+
+def test_train_layers_beyond_the_model_is_one_line_naming_the_key(cache, tmp_path):
+    workdir = tmp_path / "bad"
+    out = subprocess.run(_cmd(workdir, cache) + ["--config.grpo.train_layers=3"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 2 and not workdir.exists()
+    assert out.stderr.strip().splitlines()[-1] == \
+        "error: config.grpo.train_layers=3: expected 0 (every layer) to the model's 2 layers"
